@@ -1,0 +1,1 @@
+"""Cost formulas per target family (forward FLOPs, training memory)."""

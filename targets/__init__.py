@@ -1,0 +1,1 @@
+"""Device descriptions (TOML files) and their loader."""
