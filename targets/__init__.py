@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -89,6 +90,7 @@ _FAMILY_DTYPES: Final[dict[str, dict[str, str]]] = {
 
 _DEFAULT_INPUT_RESOLUTION: Final[int] = 128
 _NAME_RE: Final[re.Pattern[str]] = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+_NAME_RULE: Final[str] = "letters, digits, '.', '_', '+', '-', starting with a letter or digit"
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,7 @@ class Target:
     path: Path | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "aliases", tuple(self.aliases))
         try:
             _check_semantics({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
         except _FieldProblem as problem:
@@ -159,19 +162,6 @@ class Target:
         if kind not in DTYPE_KINDS:
             raise ValueError(f"unknown tensor kind {kind!r}; expected one of {', '.join(DTYPE_KINDS)}")
         return DTYPE_BYTES[getattr(self, f"{kind}_dtype")]
-
-    def budget_bytes(self, ram: str | int | None = None) -> int:
-        """Training budget in bytes: ``ram`` if given (an int of bytes or a size such as ``"256k"``,
-        used as is, without subtracting ``reserved_bytes``), else :attr:`usable_bytes`."""
-        if ram is None:
-            return self.usable_bytes
-        if isinstance(ram, bool) or not isinstance(ram, (int, str)):
-            raise InputError(f"invalid size {ram!r}: expected bytes as an integer or a string such as 256k")
-        if isinstance(ram, int):
-            if ram <= 0:
-                raise InputError(f"invalid size '{ram}': a size must be positive")
-            return ram
-        return parse_bytes(ram)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dict of all fields (``path`` as ``str`` or ``None``, ``aliases`` as a list)
@@ -228,10 +218,10 @@ def _check_semantics(v: Mapping[str, Any]) -> None:
     """
     name: str = v["name"]
     if not name or not _NAME_RE.match(name):
-        raise _FieldProblem("name", f"'{name}' is not a valid name (letters, digits, '.', '_', '+', '-')")
+        raise _FieldProblem("name", f"'{name}' is not a valid name ({_NAME_RULE})")
     for alias in v["aliases"]:
         if not _NAME_RE.match(alias):
-            raise _FieldProblem("aliases", f"'{alias}' is not a valid name (letters, digits, '.', '_', '+', '-')")
+            raise _FieldProblem("aliases", f"'{alias}' is not a valid name ({_NAME_RULE})")
     family: str = v["family"]
     if family not in FAMILIES:
         raise _FieldProblem("family", f"unknown family '{family}'{_did_you_mean(family, FAMILIES)}; "
@@ -239,8 +229,10 @@ def _check_semantics(v: Mapping[str, Any]) -> None:
     for kind in DTYPE_KINDS:
         dtype: str = v[f"{kind}_dtype"]
         if dtype not in DTYPE_BYTES:
-            raise _FieldProblem(f"{kind}_dtype", f"unknown dtype '{dtype}'{_did_you_mean(dtype, tuple(DTYPE_BYTES))}; "
-                                f"expected one of {', '.join(DTYPE_BYTES)}")
+            hint = _did_you_mean(dtype, tuple(DTYPE_BYTES))
+            raise _FieldProblem(
+                f"{kind}_dtype", f"unknown dtype '{dtype}'{hint}; expected one of {', '.join(DTYPE_BYTES)}"
+            )
     for key in ("clock_hz", "macs_per_cycle"):
         number: float = v[key]
         if not math.isfinite(number) or number <= 0:
@@ -257,7 +249,9 @@ def _check_semantics(v: Mapping[str, Any]) -> None:
             raise _FieldProblem(key, f"must be a positive number of bytes, got {size}")
     resolution: int = v["default_input_resolution"]
     if resolution <= 0:
-        raise _FieldProblem("default_input_resolution", f"must be a positive number of pixels, got {resolution}")
+        raise _FieldProblem(
+            "default_input_resolution", f"must be a positive number of pixels, got {resolution}"
+        )
     sram: int = v["sram_bytes"]
     block: int = v["largest_block_bytes"]
     reserved: int = v["reserved_bytes"]
@@ -271,9 +265,12 @@ def _check_semantics(v: Mapping[str, Any]) -> None:
         )
     for key, text in v["sources"].items():
         if key not in _FIELD_NAMES:
-            raise _FieldProblem(f"sources.{key}", f"'{key}' is not a target field{_did_you_mean(key, _FIELD_NAMES)}")
+            hint = _did_you_mean(key, _FIELD_NAMES)
+            raise _FieldProblem(f"sources.{key}", f"'{key}' is not a target field{hint}")
         if not isinstance(text, str) or not text.strip():
-            raise _FieldProblem(f"sources.{key}", "must be a non-empty string saying where the number comes from")
+            raise _FieldProblem(
+                f"sources.{key}", "must be a non-empty string saying where the number comes from"
+            )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -308,7 +305,9 @@ def _expect_int(key: str, value: object) -> int:
 def _expect_size(key: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise _FieldProblem(
-            key, f"must be an integer number of bytes or a size string such as \"320k\", got {_type_name(value)} {value!r}"
+            key,
+            f"must be an integer number of bytes or a size string such as \"320k\", "
+            f"got {_type_name(value)} {value!r}",
         )
     if isinstance(value, int):
         return value  # sign checked with the other invariants
@@ -326,7 +325,9 @@ def _expect_str_list(key: str, value: object) -> tuple[str, ...]:
 
 def _expect_sources(key: str, value: object) -> dict[str, str]:
     if not isinstance(value, dict):
-        raise _FieldProblem(key, f"must be a table ([sources]) of field = \"where it comes from\", got {_type_name(value)}")
+        raise _FieldProblem(
+            key, f"must be a table ([sources]) of field = \"where it comes from\", got {_type_name(value)}"
+        )
     out: dict[str, str] = {}
     for k, v in value.items():
         if not isinstance(v, str):
@@ -419,7 +420,9 @@ def _read_file(path: Path) -> Target:
     except OSError as exc:
         raise TargetError(f"cannot read target file '{path}': {exc.strerror or exc}") from None
     except UnicodeDecodeError:
-        raise TargetError(f"invalid target file '{path}': not UTF-8 text (TOML files must be UTF-8)") from None
+        raise TargetError(
+            f"invalid target file '{path}': not UTF-8 text (TOML files must be UTF-8)"
+        ) from None
     return _load_text(text, str(path), path)
 
 
@@ -447,12 +450,15 @@ def _builtin_index() -> tuple[dict[str, tuple[str, str, Path | None]], tuple[str
     for stem, text, path in _builtin_files():
         target = _load_text(text, f"{stem}.toml (built-in)", path)
         if target.name != stem:
-            raise TargetError(f"invalid built-in target file '{stem}.toml': name '{target.name}' differs from the file name")
+            raise TargetError(
+                f"invalid built-in target file '{stem}.toml': name '{target.name}' differs from the file name"
+            )
         for spelling in (target.name, *target.aliases):
             key = spelling.lower()
             if key in index:
                 raise TargetError(
-                    f"invalid built-in target file '{stem}.toml': '{spelling}' is already used by '{index[key][0]}'"
+                    f"invalid built-in target file '{stem}.toml': "
+                    f"'{spelling}' is already used by '{index[key][0]}'"
                 )
             index[key] = (target.name, text, path)
             spellings.append(spelling)
@@ -464,21 +470,23 @@ def _looks_like_path(text: str) -> bool:
     return text.lower().endswith(".toml") or "/" in text or "\\" in text
 
 
-def load_target(name_or_path: str | Path) -> Target:
+def load_target(name_or_path: str | os.PathLike[str]) -> Target:
     """Load a built-in target by name or alias (case-insensitive), or a user's ``.toml`` file.
 
-    A :class:`~pathlib.Path`, or a string ending in ``.toml`` or containing a path separator, is read as
-    a file; any other string is looked up among the built-ins (and, failing that, read as a file if one
-    exists at that path).
+    A :class:`~pathlib.Path` (any ``os.PathLike``), or a string ending in ``.toml`` or containing a path
+    separator, is read as a file; any other string is looked up among the built-ins (and, failing that,
+    read as a file if one exists at that path).
 
     Raises:
         TargetError: unknown name (with suggestions), missing file, or an invalid file — one line naming
             the file and the field.
     """
-    if isinstance(name_or_path, Path):
-        return _read_file(name_or_path)
+    if isinstance(name_or_path, os.PathLike):
+        return _read_file(Path(os.fspath(name_or_path)))
     if not isinstance(name_or_path, str):
-        raise TargetError(f"invalid target {name_or_path!r}: expected a target name or a path to a .toml file")
+        raise TargetError(
+            f"invalid target {name_or_path!r}: expected a target name or a path to a .toml file"
+        )
     text = name_or_path.strip()
     if _looks_like_path(text):
         return _read_file(Path(text).expanduser())
@@ -495,7 +503,9 @@ def load_target(name_or_path: str | Path) -> Target:
         hint = f"did you mean: {', '.join(near)}?"
     else:
         hint = f"known targets: {', '.join(names)}"
-    raise TargetError(f"unknown target '{text}'; {hint} (see `budgetplan targets`, or pass a path to a .toml file)")
+    raise TargetError(
+        f"unknown target '{text}'; {hint} (see `budgetplan targets`, or pass a path to a .toml file)"
+    )
 
 
 def list_targets() -> list[Target]:
