@@ -44,7 +44,9 @@ _SIZE_RE = re.compile(
     re.VERBOSE,
 )
 
-_SIZE_HINT = "expected a number with an optional unit k/K/KB/KiB/M/MB/MiB/G/GB/GiB (all powers of 1024), e.g. 256k"
+_SIZE_HINT = (
+    "expected a number with an optional unit k/K/KB/KiB/M/MB/MiB/G/GB/GiB (all powers of 1024), e.g. 256k"
+)
 
 
 def parse_bytes(text: str) -> int:
@@ -130,6 +132,8 @@ def parse_shape(text: str) -> tuple[int, ...]:
         part = part.strip()
         if not part.isascii() or not part.isdigit() or int(part) <= 0:
             shown = part if part else "(empty)"
-            raise InputError(f"invalid shape '{text}': dimension '{shown}' is not a positive integer; {_SHAPE_HINT}")
+            raise InputError(
+                f"invalid shape '{text}': dimension '{shown}' is not a positive integer; {_SHAPE_HINT}"
+            )
         dims.append(int(part))
     return tuple(dims)
