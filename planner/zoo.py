@@ -506,7 +506,10 @@ _FIXED: dict[str, _Recipe] = {
 
 _WIDTH_FAMILIES: dict[str, tuple[str, Callable[[float, int], nn.Module]]] = {
     "mobilenetv2": ("MobileNetV2 width {w} (channels rounded to multiples of 8, ReLU6)", _mobilenetv2),
-    "proxylessnas": ("ProxylessNAS-mobile-style network width {w} (kernels 3/5/7, expand 3/6)", _proxylessnas),
+    "proxylessnas": (
+        "ProxylessNAS-mobile-style network width {w} (kernels 3/5/7, expand 3/6)",
+        _proxylessnas,
+    ),
 }
 
 _LISTED = (

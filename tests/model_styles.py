@@ -32,7 +32,9 @@ STYLE_MODELS: dict[str, ModelFactory] = {}
 """Name → factory returning a freshly built model (train mode) and its input shape."""
 
 
-def _register(name: str, input_shape: tuple[int, ...]) -> Callable[[Callable[[], nn.Module]], Callable[[], nn.Module]]:
+def _register(
+    name: str, input_shape: tuple[int, ...]
+) -> Callable[[Callable[[], nn.Module]], Callable[[], nn.Module]]:
     """Register ``make`` under ``name`` as a seeded factory returning ``(make(), input_shape)``."""
 
     def decorator(make: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
@@ -56,7 +58,9 @@ def _register(name: str, input_shape: tuple[int, ...]) -> Callable[[Callable[[],
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
     """3x3 convolution with padding (torchvision helper idiom)."""
-    return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, groups=groups, bias=False)
+    return nn.Conv2d(
+        in_planes, out_planes, kernel_size=3, stride=stride, padding=1, groups=groups, bias=False
+    )
 
 
 def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -213,14 +217,18 @@ def tv_resnext() -> nn.Module:
 class _DenseLayer(nn.Module):
     """DenseNet layer: BN-ReLU-1x1 bottleneck, BN-ReLU-3x3, on the concatenation of all inputs."""
 
-    def __init__(self, num_input_features: int, growth_rate: int, bn_size: int, memory_efficient: bool = False):
+    def __init__(
+        self, num_input_features: int, growth_rate: int, bn_size: int, memory_efficient: bool = False
+    ) -> None:
         super().__init__()
         self.norm1 = nn.BatchNorm2d(num_input_features)
         self.relu1 = nn.ReLU(inplace=True)
         self.conv1 = nn.Conv2d(num_input_features, bn_size * growth_rate, kernel_size=1, stride=1, bias=False)
         self.norm2 = nn.BatchNorm2d(bn_size * growth_rate)
         self.relu2 = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(bn_size * growth_rate, growth_rate, kernel_size=3, stride=1, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(
+            bn_size * growth_rate, growth_rate, kernel_size=3, stride=1, padding=1, bias=False
+        )
         self.memory_efficient = memory_efficient
 
     def bn_function(self, inputs: list[Tensor]) -> Tensor:
@@ -272,11 +280,18 @@ class _Transition(nn.Sequential):
 class TVDenseNet(nn.Module):
     """A two-block DenseNet-BC."""
 
-    def __init__(self, growth_rate: int = 12, block_config: Sequence[int] = (3, 3), num_init_features: int = 24,
-                 bn_size: int = 4, num_classes: int = 10) -> None:
+    def __init__(
+        self,
+        growth_rate: int = 12,
+        block_config: Sequence[int] = (3, 3),
+        num_init_features: int = 24,
+        bn_size: int = 4,
+        num_classes: int = 10,
+    ) -> None:
         super().__init__()
         self.features = nn.Sequential()
-        self.features.add_module("conv0", nn.Conv2d(3, num_init_features, kernel_size=3, padding=1, bias=False))
+        conv0 = nn.Conv2d(3, num_init_features, kernel_size=3, padding=1, bias=False)
+        self.features.add_module("conv0", conv0)
         self.features.add_module("norm0", nn.BatchNorm2d(num_init_features))
         self.features.add_module("relu0", nn.ReLU(inplace=True))
         num_features = num_init_features
@@ -429,10 +444,14 @@ class ShuffleInvertedResidual(nn.Module):
         else:
             self.branch1 = nn.Sequential()
         self.branch2 = nn.Sequential(
-            nn.Conv2d(inp if (self.stride > 1) else branch_features, branch_features, kernel_size=1, bias=False),
+            nn.Conv2d(
+                inp if (self.stride > 1) else branch_features, branch_features, kernel_size=1, bias=False
+            ),
             nn.BatchNorm2d(branch_features),
             nn.ReLU(inplace=True),
-            self.depthwise_conv(branch_features, branch_features, kernel_size=3, stride=self.stride, padding=1),
+            self.depthwise_conv(
+                branch_features, branch_features, kernel_size=3, stride=self.stride, padding=1
+            ),
             nn.BatchNorm2d(branch_features),
             nn.Conv2d(branch_features, branch_features, kernel_size=1, bias=False),
             nn.BatchNorm2d(branch_features),
@@ -458,8 +477,12 @@ class ShuffleInvertedResidual(nn.Module):
 class TVShuffleNetV2(nn.Module):
     """A narrow ShuffleNetV2."""
 
-    def __init__(self, stages_repeats: Sequence[int] = (2, 2), stages_out_channels: Sequence[int] = (24, 48, 96, 256),
-                 num_classes: int = 10) -> None:
+    def __init__(
+        self,
+        stages_repeats: Sequence[int] = (2, 2),
+        stages_out_channels: Sequence[int] = (24, 48, 96, 256),
+        num_classes: int = 10,
+    ) -> None:
         super().__init__()
         input_channels = 3
         output_channels = stages_out_channels[0]
@@ -633,7 +656,7 @@ class TVMobileNetV3(nn.Module):
 
 @_register("tv_mobilenetv3", (1, 3, 64, 64))
 def tv_mobilenetv3() -> nn.Module:
-    """MobileNetV3: depthwise convs, SE with hardsigmoid and ``scale * input``, hardswish, ``result += input``."""
+    """MobileNetV3: depthwise convs, SE (hardsigmoid, ``scale * input``), hardswish, ``result += input``."""
     return TVMobileNetV3()
 
 
@@ -647,7 +670,9 @@ def get_same_padding(x: int, kernel_size: int, stride: int, dilation: int) -> in
     return max((math.ceil(x / stride) - 1) * stride + (kernel_size - 1) * dilation + 1 - x, 0)
 
 
-def pad_same(x: Tensor, kernel_size: Sequence[int], stride: Sequence[int], dilation: Sequence[int] = (1, 1)) -> Tensor:
+def pad_same(
+    x: Tensor, kernel_size: Sequence[int], stride: Sequence[int], dilation: Sequence[int] = (1, 1)
+) -> Tensor:
     """Pad ``x`` so a conv with these settings behaves like TensorFlow's "SAME" padding."""
     ih, iw = x.size()[-2:]
     pad_h = get_same_padding(ih, kernel_size[0], stride[0], dilation[0])
@@ -781,7 +806,9 @@ def timm_efficientnet() -> nn.Module:
 class PatchEmbed(nn.Module):
     """Image to patch tokens, asserting the input size like timm does."""
 
-    def __init__(self, img_size: int = 32, patch_size: int = 4, in_chans: int = 3, embed_dim: int = 64) -> None:
+    def __init__(
+        self, img_size: int = 32, patch_size: int = 4, in_chans: int = 3, embed_dim: int = 64
+    ) -> None:
         super().__init__()
         self.img_size = (img_size, img_size)
         self.patch_size = (patch_size, patch_size)
@@ -867,7 +894,9 @@ class Mlp(nn.Module):
 class TimmBlock(nn.Module):
     """Pre-norm ViT block with LayerScale and DropPath."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, init_values: Optional[float] = None) -> None:
+    def __init__(
+        self, dim: int, num_heads: int, mlp_ratio: float = 4.0, init_values: Optional[float] = None
+    ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = TimmAttention(dim, num_heads=num_heads, qkv_bias=True)
@@ -896,7 +925,9 @@ class TimmVisionTransformer(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.randn(1, self.patch_embed.num_patches + 1, embed_dim) * 0.02)
         self.pos_drop = nn.Dropout(0.0)
-        self.blocks = nn.Sequential(*[TimmBlock(embed_dim, num_heads, init_values=1e-1) for _ in range(depth)])
+        self.blocks = nn.Sequential(
+            *[TimmBlock(embed_dim, num_heads, init_values=1e-1) for _ in range(depth)]
+        )
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.head = nn.Linear(embed_dim, num_classes)
 
@@ -966,16 +997,23 @@ class ConvNeXtBlock(nn.Module):
 class TimmConvNeXt(nn.Module):
     """A two-stage ConvNeXt with patchify stem and LayerNorm2d downsampling."""
 
-    def __init__(self, dims: Sequence[int] = (32, 64), depths: Sequence[int] = (2, 2), num_classes: int = 10) -> None:
+    def __init__(
+        self, dims: Sequence[int] = (32, 64), depths: Sequence[int] = (2, 2), num_classes: int = 10
+    ) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, dims[0], kernel_size=4, stride=4), LayerNorm2d(dims[0], eps=1e-6))
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, dims[0], kernel_size=4, stride=4), LayerNorm2d(dims[0], eps=1e-6)
+        )
         stages: list[nn.Module] = []
         prev = dims[0]
         for i, (dim, depth) in enumerate(zip(dims, depths)):
             downsample: nn.Module = nn.Identity()
             if i > 0:
-                downsample = nn.Sequential(LayerNorm2d(prev, eps=1e-6), nn.Conv2d(prev, dim, kernel_size=2, stride=2))
-            stages.append(nn.Sequential(downsample, *[ConvNeXtBlock(dim, ls_init_value=0.1) for _ in range(depth)]))
+                downsample = nn.Sequential(
+                    LayerNorm2d(prev, eps=1e-6), nn.Conv2d(prev, dim, kernel_size=2, stride=2)
+                )
+            blocks = [ConvNeXtBlock(dim, ls_init_value=0.1) for _ in range(depth)]
+            stages.append(nn.Sequential(downsample, *blocks))
             prev = dim
         self.stages = nn.Sequential(*stages)
         self.head_norm = nn.LayerNorm(prev, eps=1e-6)
@@ -997,16 +1035,24 @@ def timm_convnext() -> nn.Module:
 class StdConv2d(nn.Conv2d):
     """Conv2d with weight standardisation (BiT): the weight goes through F.batch_norm before F.conv2d."""
 
-    def __init__(self, in_channel: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0,
-                 bias: bool = False, eps: float = 1e-6) -> None:
+    def __init__(
+        self,
+        in_channel: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        padding: int = 0,
+        bias: bool = False,
+        eps: float = 1e-6,
+    ) -> None:
         super().__init__(in_channel, out_channels, kernel_size, stride=stride, padding=padding, bias=bias)
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
         """Standardise the weight per output channel, then convolve."""
-        weight = F.batch_norm(
-            self.weight.reshape(1, self.out_channels, -1), None, None, training=True, momentum=0.0, eps=self.eps
-        ).reshape_as(self.weight)
+        flat = self.weight.reshape(1, self.out_channels, -1)
+        weight = F.batch_norm(flat, None, None, training=True, momentum=0.0, eps=self.eps)
+        weight = weight.reshape_as(self.weight)
         return F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
 
@@ -1016,7 +1062,9 @@ class PreActBottleneck(nn.Module):
     def __init__(self, in_chs: int, out_chs: int, stride: int = 1, groups: int = 8) -> None:
         super().__init__()
         mid_chs = out_chs // 4
-        self.downsample = StdConv2d(in_chs, out_chs, 1, stride=stride) if stride != 1 or in_chs != out_chs else None
+        self.downsample = None
+        if stride != 1 or in_chs != out_chs:
+            self.downsample = StdConv2d(in_chs, out_chs, 1, stride=stride)
         self.norm1 = nn.GroupNorm(groups, in_chs)
         self.conv1 = StdConv2d(in_chs, mid_chs, 1)
         self.norm2 = nn.GroupNorm(groups, mid_chs)
@@ -1066,7 +1114,9 @@ class Bottle2neck(nn.Module):
 
     expansion = 2
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, base_width: int = 16, scale: int = 4) -> None:
+    def __init__(
+        self, inplanes: int, planes: int, stride: int = 1, base_width: int = 16, scale: int = 4
+    ) -> None:
         super().__init__()
         self.scale = scale
         self.is_first = stride > 1 or inplanes != planes * self.expansion
@@ -1074,7 +1124,9 @@ class Bottle2neck(nn.Module):
         width = self.width
         self.conv1 = nn.Conv2d(inplanes, width * scale, kernel_size=1, bias=False)
         self.bn1 = nn.BatchNorm2d(width * scale)
-        self.convs = nn.ModuleList([nn.Conv2d(width, width, 3, stride, 1, bias=False) for _ in range(scale - 1)])
+        self.convs = nn.ModuleList(
+            [nn.Conv2d(width, width, 3, stride, 1, bias=False) for _ in range(scale - 1)]
+        )
         self.bns = nn.ModuleList([nn.BatchNorm2d(width) for _ in range(scale - 1)])
         self.pool = nn.AvgPool2d(kernel_size=3, stride=stride, padding=1) if self.is_first else None
         self.conv3 = nn.Conv2d(width * scale, planes * self.expansion, kernel_size=1, bias=False)
@@ -1205,15 +1257,17 @@ class HFViTPatchEmbeddings(nn.Module):
         self.image_size = (config.image_size, config.image_size)
         self.num_channels = config.num_channels
         self.num_patches = (config.image_size // config.patch_size) ** 2
-        self.projection = nn.Conv2d(config.num_channels, config.hidden_size, config.patch_size, config.patch_size)
+        self.projection = nn.Conv2d(
+            config.num_channels, config.hidden_size, config.patch_size, config.patch_size
+        )
 
     def forward(self, pixel_values: Tensor, interpolate_pos_encoding: bool = False) -> Tensor:
         """(B, C, H, W) → (B, N, D)."""
         batch_size, num_channels, height, width = pixel_values.shape
         if num_channels != self.num_channels:
             raise ValueError(
-                "Make sure that the channel dimension of the pixel values match with the one set in the configuration."
-                f" Expected {self.num_channels} but got {num_channels}."
+                "Make sure that the channel dimension of the pixel values match with the one set in the"
+                f" configuration. Expected {self.num_channels} but got {num_channels}."
             )
         if not interpolate_pos_encoding:
             if height != self.image_size[0] or width != self.image_size[1]:
@@ -1301,7 +1355,8 @@ class HFViTLayer(nn.Module):
 
     def forward(self, hidden_states: Tensor) -> Tensor:
         """Apply the layer."""
-        attention_output = self.dropout(self.attention_output(self.attention(self.layernorm_before(hidden_states))))
+        attention_output = self.attention(self.layernorm_before(hidden_states))
+        attention_output = self.dropout(self.attention_output(attention_output))
         hidden_states = attention_output + hidden_states
         layer_output = self.intermediate_act_fn(self.intermediate(self.layernorm_after(hidden_states)))
         layer_output = self.dropout(self.output(layer_output))
@@ -1375,7 +1430,9 @@ class NonLocalNet(nn.Module):
             nn.Conv2d(3, 32, 3, 2, 1), nn.BatchNorm2d(32), nn.LeakyReLU(0.1, inplace=True)
         )
         self.attn = SelfAttn2d(32)
-        self.conv = nn.Sequential(nn.Conv2d(32, 64, 3, 2, 1), nn.BatchNorm2d(64), nn.LeakyReLU(0.1, inplace=True))
+        self.conv = nn.Sequential(
+            nn.Conv2d(32, 64, 3, 2, 1), nn.BatchNorm2d(64), nn.LeakyReLU(0.1, inplace=True)
+        )
         self.fc = nn.Linear(64, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -1451,8 +1508,15 @@ def recurrent_shared_conv() -> nn.Module:
 class FunctionalConv2d(nn.Module):
     """A conv layer holding raw parameters and calling ``F.conv2d(x, self.weight, self.bias)``."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0,
-                 groups: int = 1) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        padding: int = 0,
+        groups: int = 1,
+    ) -> None:
         super().__init__()
         self.stride, self.padding, self.groups = stride, padding, groups
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, kernel_size, kernel_size))

@@ -118,7 +118,9 @@ def test_mobilenetv2_formula_reproduces_the_published_count() -> None:
 
 @pytest.mark.parametrize("name,width", [("mobilenetv2-w0.35", 0.35), ("mobilenetv2-w0.5", 0.5),
                                         ("mobilenetv2-w0.75", 0.75)])
-def test_narrow_mobilenetv2_counts(zoo: dict[str, tuple[nn.Module, ZooEntry]], name: str, width: float) -> None:
+def test_narrow_mobilenetv2_counts(
+    zoo: dict[str, tuple[nn.Module, ZooEntry]], name: str, width: float
+) -> None:
     assert _params(zoo[name][0]) == _mobilenetv2_formula(width)
 
 
