@@ -60,9 +60,11 @@ class AtenCall:
     """One ATen op dispatched while running a node: name, shapes of its tensors, FLOPs."""
 
     op: str  # e.g. "aten.convolution.default"
-    inputs: tuple[TensorMeta, ...]
-    outputs: tuple[TensorMeta, ...]
+    inputs: tuple[TensorMeta, ...]  # every tensor among the arguments, flattened in order
+    outputs: tuple[TensorMeta, ...]  # every tensor among the results, flattened in order
     flops: int
+    input_keys: tuple[int, ...] = ()  # storage identity of each input (unique within one recording)
+    output_keys: tuple[int, ...] = ()
     overload: Any = field(default=None, compare=False, repr=False)
     args: Any = field(default=None, compare=False, repr=False)  # positional args, tensors as TensorMeta
 
@@ -153,9 +155,10 @@ class LayerGraph:
 class _AtenRecorder(TorchDispatchMode):
     """Records every ATen op dispatched while active."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep_alive: list[Any]) -> None:
         super().__init__()
         self.calls: list[AtenCall] = []
+        self.keep_alive = keep_alive  # outputs stay alive so that storage addresses are never reused
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
@@ -169,9 +172,12 @@ class _AtenRecorder(TorchDispatchMode):
             inputs=tuple(TensorMeta.of(t) for t in flat_in),
             outputs=tuple(TensorMeta.of(t) for t in flat_out),
             flops=op_flops(func, meta_args, meta_out),
+            input_keys=tuple(_storage_key(t) for t in flat_in),
+            output_keys=tuple(_storage_key(t) for t in flat_out),
             overload=func,
             args=meta_args,
         ))
+        self.keep_alive.append(out)
         return out
 
 
@@ -222,7 +228,7 @@ class GraphRecorder(fx.Interpreter):
 
     def run_node(self, n: fx.Node) -> Any:
         if n.op in ("call_module", "call_function", "call_method"):
-            recorder = _AtenRecorder()
+            recorder = _AtenRecorder(self.keep_alive)
             with recorder:
                 result = super().run_node(n)
             self.records[n.name] = {"aten": recorder.calls}
