@@ -471,7 +471,11 @@ _STANDARD_RATIOS = (0.125, 0.25, 0.5)
 
 
 def conv_layers(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
-    """The model's ``nn.Conv2d`` modules in definition order (``named_modules()``): tiny-training's conv list."""
+    """The model's ``nn.Conv2d`` modules in definition order (``named_modules()``).
+
+    This is tiny-training's conv list: ``manual_weight_idx`` indexes it and ``n_bias_update`` counts
+    from its end.
+    """
     return [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
 
 
@@ -634,7 +638,9 @@ def from_sparse_update_config(obj_or_path: Any, model: nn.Module) -> UpdateSet:
             "tiny-training; use the update pattern 'all' instead"
         )
     if _flag(cfg, "train_scale"):
-        raise InputError("sparse-update config: train_scale=1 (training quantization scales) is not supported")
+        raise InputError(
+            "sparse-update config: train_scale=1 (training quantization scales) is not supported"
+        )
 
     convs = conv_layers(model)
     n_conv = len(convs)
@@ -643,7 +649,9 @@ def from_sparse_update_config(obj_or_path: Any, model: nn.Module) -> UpdateSet:
     nb_raw = cfg["n_bias_update"]
     n_bias = n_conv if nb_raw == "all" else _as_int("n_bias_update", nb_raw)
     if not 0 <= n_bias <= n_conv:
-        raise InputError(f"sparse-update config: n_bias_update={n_bias} but the model has {n_conv} Conv2d layers")
+        raise InputError(
+            f"sparse-update config: n_bias_update={n_bias} but the model has {n_conv} Conv2d layers"
+        )
     first_bias = n_conv - n_bias
 
     if cfg.get("manual_weight_idx") is not None:

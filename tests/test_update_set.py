@@ -137,13 +137,15 @@ def test_patterns_whole_parameters_and_modules():
     assert from_patterns(m, ["full"]) == from_patterns(m, ["*"]) == UpdateSet.full(m)
     assert from_patterns(m, ["none"]).is_empty
     assert from_patterns(m, []).is_empty
-    assert from_patterns(m, ["*.bias"]).parameter_names() == ("stem.1.bias", "dw.1.bias", "pw.bias", "fc.bias")
+    biases = ("stem.1.bias", "dw.1.bias", "pw.bias", "fc.bias")
+    assert from_patterns(m, ["*.bias"]).parameter_names() == biases
     assert from_patterns(m, ["fc"]).parameter_names() == ("fc.weight", "fc.bias")  # module name
     assert from_patterns(m, "fc.weight").parameter_names() == ("fc.weight",)  # a lone string is one pattern
     assert from_patterns(m, ["stem.*"]).parameter_names() == ("stem.0.weight", "stem.1.weight", "stem.1.bias")
     assert from_patterns(m, ["stem.1"]).parameter_names() == ("stem.1.weight", "stem.1.bias")
     # union, in model order, regardless of pattern order
-    assert from_patterns(m, ["fc", "none", "pw.weight"]).parameter_names() == ("pw.weight", "fc.weight", "fc.bias")
+    union = from_patterns(m, ["fc", "none", "pw.weight"])
+    assert union.parameter_names() == ("pw.weight", "fc.weight", "fc.bias")
 
 
 def test_module_name_is_not_a_string_prefix():
@@ -319,7 +321,12 @@ def test_sparse_config_forms():
     one = from_sparse_update_config(
         {"n_bias_update": "all", "manual_weight_idx": 3, "weight_update_ratio": 0.5, "freeze_fc": 1}, m
     )
-    assert one.entries == {"stem.1.bias": None, "dw.1.bias": None, "pw.bias": None, "proj.weight": (0, 1, 2, 3)}
+    assert one.entries == {
+        "stem.1.bias": None,
+        "dw.1.bias": None,
+        "pw.bias": None,
+        "proj.weight": (0, 1, 2, 3),
+    }
     # n_weight_update instead of manual_weight_idx (the last n convs); 'all' = n_bias_update
     nw = from_sparse_update_config({"n_bias_update": 2, "n_weight_update": "all"}, m)
     assert nw.parameter_names() == ("pw.weight", "pw.bias", "proj.weight", "fc.weight", "fc.bias")
@@ -360,7 +367,8 @@ def test_sparse_config_from_file(tmp_path):
     path = tmp_path / "su.json"
     path.write_text(json.dumps({"n_bias_update": 2, "manual_weight_idx": [2], "weight_update_ratio": [0.5]}))
     assert from_sparse_update_config(path, m).channels("pw.weight") == tuple(range(8))
-    one_line_error(from_sparse_update_config, tmp_path / "nope.json", m, match="cannot read sparse-update config")
+    missing = tmp_path / "nope.json"
+    one_line_error(from_sparse_update_config, missing, m, match="cannot read sparse-update config")
 
 
 @pytest.mark.parametrize(
@@ -372,7 +380,10 @@ def test_sparse_config_from_file(tmp_path):
         ({"n_bias_update": -1}, "n_bias_update=-1"),
         ({"n_bias_update": "most"}, "n_bias_update must be an integer"),
         ({"n_bias_update": True}, "n_bias_update must be an integer"),
-        ({"n_bias_update": 1, "manual_weight_idx": [2]}, "weight layer 2 (pw) is not among the last n_bias_update=1"),
+        (
+            {"n_bias_update": 1, "manual_weight_idx": [2]},
+            "weight layer 2 (pw) is not among the last n_bias_update=1",
+        ),
         ({"n_bias_update": 4, "manual_weight_idx": [4]}, "conv index 4 is out of range"),
         ({"n_bias_update": 4, "manual_weight_idx": [3, 2]}, "must be ascending"),
         ({"n_bias_update": 4, "manual_weight_idx": [2, 2]}, "has duplicates"),
