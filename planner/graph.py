@@ -65,6 +65,7 @@ class AtenCall:
     flops: int
     input_keys: tuple[int, ...] = ()  # storage identity of each input (unique within one recording)
     output_keys: tuple[int, ...] = ()
+    output_storage_bytes: tuple[int, ...] = ()  # bytes of each output's whole storage (PyTorch dtype)
     overload: Any = field(default=None, compare=False, repr=False)
     args: Any = field(default=None, compare=False, repr=False)  # positional args, tensors as TensorMeta
 
@@ -135,6 +136,8 @@ class LayerGraph:
     fallback_reason: str | None
     group_size: int
     graph_module: fx.GraphModule = field(repr=False)
+    parameter_storages: dict[int, str] = field(default_factory=dict)  # storage key -> parameter name
+    buffer_storages: dict[int, str] = field(default_factory=dict)  # storage key -> buffer name
 
     def layers(self) -> Iterator[Layer]:
         """Layers in execution order."""
@@ -174,6 +177,7 @@ class _AtenRecorder(TorchDispatchMode):
             flops=op_flops(func, meta_args, meta_out),
             input_keys=tuple(_storage_key(t) for t in flat_in),
             output_keys=tuple(_storage_key(t) for t in flat_out),
+            output_storage_bytes=tuple(t.untyped_storage().nbytes() for t in flat_out),
             overload=func,
             args=meta_args,
         ))
@@ -417,6 +421,7 @@ def build_layer_graph(
         graph=graph, order=order, parameters=params, buffers=buffers, inputs=inputs, storages=storages,
         storage_last_use=last_use, output_storages=tuple(output_storages), trace_method=traced.method,
         fallback_reason=traced.fallback_reason, group_size=group_size, graph_module=gm,
+        parameter_storages=dict(param_keys), buffer_storages=dict(buffer_keys),
     )
 
 
