@@ -519,7 +519,18 @@ def _convert_script(script: torch.jit.ScriptModule, example: torch.Tensor) -> Ex
             self, gm: torch.fx.GraphModule, name_to_constant: dict[str, Any]
         ) -> ExportedProgram:
             _restore_parameters(gm, script)
-            return torch.export.export(gm, (example,), strict=False)
+            ep = torch.export.export(gm, (example,), strict=False)
+            # As upstream: tensor constants of the TorchScript graph were attributes of ``gm``, so the
+            # retrace took them for buffers; mark them as the constants they are.
+            constant_types = (torch.Tensor, torch.ScriptObject)
+            ep.constants.update({k: v for k, v in name_to_constant.items() if isinstance(v, constant_types)})
+            for spec in ep.graph_signature.input_specs:
+                if spec.kind == InputKind.BUFFER and spec.target in name_to_constant:
+                    ep.state_dict.pop(spec.target, None)
+                    spec.kind = InputKind.CONSTANT_TENSOR
+                    spec.persistent = None
+            ep.verifier().check(ep)
+            return ep
 
     return _StaticConverter(script, (example,)).convert()
 
@@ -527,7 +538,7 @@ def _convert_script(script: torch.jit.ScriptModule, example: torch.Tensor) -> Ex
 def _script_traced_shapes(script: torch.jit.ScriptModule) -> list[tuple[int, ...]] | None:
     """Input shapes an in-memory traced ScriptModule remembers, or None (scripted, or nothing stored)."""
     try:
-        inputs = script._c._retrieve_traced_inputs().get("forward")
+        inputs = dict(script._c._retrieve_traced_inputs()).get("forward")
     except Exception:  # a private API: absent in some versions
         return None
     if not inputs:
