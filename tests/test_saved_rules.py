@@ -24,6 +24,7 @@ from budgetplan.cost_models.meta import TensorMeta, to_meta
 
 aten = torch.ops.aten
 Desc = tuple[str, int, bool]  # (kind, index, copy)
+Metas = tuple[TensorMeta, ...]
 
 
 def R(*shape: int) -> torch.Tensor:
@@ -81,11 +82,13 @@ def observe(op: Callable, args: tuple, kwargs: dict, requires: frozenset[int]) -
         ptr = x.untyped_storage().data_ptr()
         cands: set[Desc] = set()
         if ptr == 0 or x.numel() == 0:
-            cands |= {("output", i, False) for i, o in enumerate(outs) if o.numel() == 0 and o.dtype == x.dtype}
-            cands |= {("input", i, False) for i, t in enumerate(tensors) if t.numel() == 0 and t.dtype == x.dtype}
+            empty = lambda t: t.numel() == 0 and t.dtype == x.dtype  # noqa: E731
+            cands |= {("output", i, False) for i, o in enumerate(outs) if empty(o)}
+            cands |= {("input", i, False) for i, t in enumerate(tensors) if empty(t)}
         else:
-            cands |= {("output", i, False) for i, o in enumerate(outs) if o.untyped_storage().data_ptr() == ptr}
-            cands |= {("input", i, False) for i, t in enumerate(tensors) if t.untyped_storage().data_ptr() == ptr}
+            same = lambda t: t.untyped_storage().data_ptr() == ptr  # noqa: E731
+            cands |= {("output", i, False) for i, o in enumerate(outs) if same(o)}
+            cands |= {("input", i, False) for i, t in enumerate(tensors) if same(t)}
         if not cands:
             cands |= {("input", i, True) for i, b in enumerate(before)
                       if b.shape == x.shape and b.dtype == x.dtype and torch.equal(b, x.detach())}
@@ -106,7 +109,7 @@ def assignable(want: list[Desc], observed: list[frozenset[Desc]]) -> bool:
                for i, cands in enumerate(observed))
 
 
-def metas(op: Callable, args: tuple, kwargs: dict) -> tuple[Any, tuple[TensorMeta, ...], tuple[TensorMeta, ...]]:
+def metas(op: Callable, args: tuple, kwargs: dict) -> tuple[Any, Metas, Metas]:
     """What the recorder stores: args as TensorMeta, flat inputs, flat outputs."""
     flat = [x for x in tree_flatten((args, kwargs))[0] if isinstance(x, torch.Tensor)]
     with torch.no_grad():
@@ -141,7 +144,8 @@ def check_rule(op: Callable, args: tuple, kwargs: dict | None = None) -> int:
         requires = [i in pattern for i in range(len(inputs))]
         want = [(r.kind, r.index, r.copy) for r in S.active_refs(refs, requires)]
         assert assignable(want, observed), (
-            f"{op} requires={sorted(pattern)}: rule says {want}, autograd saved {[sorted(o) for o in observed]}")
+            f"{op} requires={sorted(pattern)}: rule says {want}, "
+            f"autograd saved {[sorted(o) for o in observed]}")
         checked += 1
     assert checked > 0
     return checked
@@ -251,7 +255,8 @@ CASES: list[Case] = [
     *C(aten._to_copy.default, lambda: (x4a(),), kw=lambda: {"dtype": torch.float64}),
     *C(aten.copy_.default, lambda: (R(3, 4), R(3, 4))),
     *C(aten.roll.default, lambda: (R(3, 4), [1])),
-    *C(aten.max_pool2d_with_indices.default, lambda: (x4a(), [2, 2], [2, 2]), lambda: (x4b(), [3, 3], [1, 1], [1, 1])),
+    *C(aten.max_pool2d_with_indices.default, lambda: (x4a(), [2, 2], [2, 2]),
+       lambda: (x4b(), [3, 3], [1, 1], [1, 1])),
     *C(aten.max_pool1d_with_indices.default, lambda: (R(2, 3, 6), [2])),
     *C(aten.max_pool3d_with_indices.default, lambda: (R(1, 2, 4, 4, 4), [2, 2, 2])),
     *C(aten.adaptive_max_pool2d.default, lambda: (x4a(), [2, 2])),
@@ -382,7 +387,8 @@ def _active(op: Any, args: tuple, requires: set[int], kwargs: dict | None = None
     args_meta, inputs, outputs = metas(op, args, kwargs or {})
     refs = S.saved_refs(op, args_meta, inputs, outputs)
     assert refs is not None
-    return {(r.kind, r.index, r.copy) for r in S.active_refs(refs, [i in requires for i in range(len(inputs))])}
+    active = S.active_refs(refs, [i in requires for i in range(len(inputs))])
+    return {(r.kind, r.index, r.copy) for r in active}
 
 
 def test_conv_bias_only_still_saves_input_and_weight() -> None:
@@ -464,7 +470,8 @@ def _probe_matches_oracle(op: Any, args: tuple, kwargs: dict | None = None) -> l
             observed = observe(op, args, kwargs, pattern)
         except Refused:
             continue
-        want = [(r.kind, r.index, r.copy) for r in S.active_refs(refs, [i in pattern for i in range(len(inputs))])]
+        active = S.active_refs(refs, [i in pattern for i in range(len(inputs))])
+        want = [(r.kind, r.index, r.copy) for r in active]
         assert assignable(want, observed), (pattern, want, observed)
     return refs
 
@@ -598,7 +605,8 @@ class _SE(nn.Module):
 class _Cnn(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU6(inplace=True))
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8),
+                                  nn.ReLU6(inplace=True))
         self.dw = nn.Sequential(nn.Conv2d(8, 8, 3, 1, 1, groups=8, bias=False), nn.BatchNorm2d(8),
                                 nn.Hardswish(inplace=True), _SE(8))
         self.pw = nn.Sequential(nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8))
@@ -625,7 +633,8 @@ class _Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.embed(x)
         b, n, d = x.shape
-        q, k, v = self.qkv(self.norm1(x)).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        qkv = self.qkv(self.norm1(x)).reshape(b, n, 3, self.heads, d // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         a = nn.functional.scaled_dot_product_attention(q, k, v)
         x = x + self.proj(a.transpose(1, 2).reshape(b, n, d))
         x = x + self.mlp(self.norm2(x))
