@@ -1,39 +1,120 @@
 """The ``budgetplan`` command line: thin typer commands that parse, call the library, and print.
 
 Errors in the user's input surface as one line on stderr and exit code 2 (see
-:mod:`budgetplan.errors`); an unexpected failure prints one line too (set ``BUDGETPLAN_DEBUG=1`` for the
-traceback) and exits 3.
+:mod:`budgetplan.errors`), and so do usage errors (a missing argument, an unknown option, a bad option
+value); an unexpected failure prints one line too (set ``BUDGETPLAN_DEBUG=1`` for the traceback) and
+exits 3. Output printed or logged by PyTorch during a library call is discarded (see
+:func:`_quiet_torch`; ``BUDGETPLAN_DEBUG=1`` lets it through), so stdout and stderr carry only
+budgetplan's own output. See docs/cli.md.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import json
+import logging
 import os
 import sys
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
+from typer.core import TyperGroup
 
 import budgetplan
 from budgetplan.errors import BudgetplanError, InputError
 from budgetplan.units import format_bytes, parse_shape
 
+# click's UsageError (typer ships its own copy of click in recent versions; this finds it either way).
+_UsageError: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
+console = Console(highlight=False, emoji=False)
+err_console = Console(stderr=True, highlight=False, emoji=False)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _debug() -> bool:
+    return bool(os.environ.get("BUDGETPLAN_DEBUG"))
+
+
+def _error_line(message: str) -> None:
+    """Print ``error: message`` as exactly one line on stderr."""
+    err_console.print(f"error: {' '.join(str(message).split())}", markup=False, soft_wrap=True)
+
+
+@contextlib.contextmanager
+def _compact_usage_errors() -> Iterator[None]:
+    """click's usage errors (missing argument, unknown option or command, bad value) as one line, exit 2.
+
+    click would print a usage block and a boxed message; budgetplan keeps every input error to one line.
+    The "no arguments: show help" case is left to click.
+    """
+    try:
+        yield
+    except _UsageError as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            raise
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None and ctx.command_path else ""
+        _error_line(f"{exc.format_message()}{hint}")  # type: ignore[attr-defined]
+        raise typer.Exit(getattr(exc, "exit_code", 2)) from None
+
+
+class _Group(TyperGroup):
+    """The root command: turns click's usage errors into one line (see :func:`_compact_usage_errors`)."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any) -> Any:
+        with _compact_usage_errors():
+            return super().make_context(info_name, args, parent=parent, **extra)
+
+    def invoke(self, ctx: Any) -> Any:
+        with _compact_usage_errors():
+            return super().invoke(ctx)
+
+
 app = typer.Typer(
     name="budgetplan",
+    cls=_Group,
     help="Memory-budget planner for on-device training of PyTorch models.",
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
 
-F = TypeVar("F", bound=Callable[..., Any])
+
+@contextlib.contextmanager
+def _quiet_torch() -> Iterator[None]:
+    """Keep PyTorch's chatter out of the terminal around a library call.
+
+    On failure torch.export prints the partial graph to ``sys.stderr`` and logs WARNING/ERROR records
+    (with their own handlers) before it raises; all of that would surround our one-line error, and
+    anything printed to stdout would corrupt ``--json -``. So, while the call runs: ``sys.stdout`` and
+    ``sys.stderr`` go to a discarded buffer, the ``torch`` loggers drop records below CRITICAL and Python
+    warnings are ignored. Enter this *after* torch is imported (``import torch`` resets its logger's
+    level). ``BUDGETPLAN_DEBUG=1`` lets everything through.
+    """
+    if _debug():
+        yield
+        return
+    torch_logger = logging.getLogger("torch")
+    level = torch_logger.level
+    torch_logger.setLevel(logging.CRITICAL)
+    sink = io.StringIO()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        torch_logger.setLevel(level)
 
 
 def _one_line_errors(fn: F) -> F:
@@ -43,16 +124,16 @@ def _one_line_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (typer.Exit, typer.Abort, SystemExit):
-            raise
+        except (typer.Exit, typer.Abort, SystemExit, _UsageError, BrokenPipeError):
+            raise  # typer/click handle these (usage errors: see _Group; a closed pipe: exit 1)
         except BudgetplanError as exc:
-            err_console.print(f"error: {exc}", markup=False, soft_wrap=True)
+            _error_line(str(exc))
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             err_console.print("interrupted", markup=False)
             raise typer.Exit(130) from None
         except Exception as exc:
-            if os.environ.get("BUDGETPLAN_DEBUG"):
+            if _debug():
                 raise
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             err_console.print(
@@ -88,7 +169,8 @@ WeightsOpt = Annotated[Path | None, typer.Option("--weights", help="state_dict f
                                                   "(loaded with weights_only=True).")]
 TrustOpt = Annotated[bool, typer.Option("--trust-pickle", help="Allow loading a pickled module; this runs "
                                         "code from the file.")]
-TraceOpt = Annotated[str, typer.Option("--trace", help="auto (fx, falling back to torch.export), fx or export.")]
+TraceOpt = Annotated[str, typer.Option("--trace", help="auto (fx, falling back to torch.export), fx or "
+                                        "export.")]
 GroupOpt = Annotated[int, typer.Option("--group-size", min=1, help="Output channels per neuron group.")]
 RamOpt = Annotated[str | None, typer.Option("--ram", help="RAM budget, e.g. 256k, 0.5M, 262144 "
                                             "(k = 1024). Default: the target's usable RAM.")]
@@ -105,21 +187,28 @@ def _check_output_path(path: str | None, force: bool) -> None:
     if path is None or path == "-":
         return
     p = Path(path)
+    if not path.strip():
+        raise InputError("--json needs a file path, or '-' for stdout")
     if p.is_dir():
-        raise InputError(f"output path is a directory: {path}")
+        raise InputError(f"--json {path} is a directory; give a file path, or '-' for stdout")
     if p.exists() and not force:
         raise InputError(f"{path} exists; pass --force to overwrite it")
-    if not p.parent.exists():
-        raise InputError(f"directory does not exist: {p.parent}")
+    if not p.parent.is_dir():
+        why = "is not a directory" if p.parent.exists() else "does not exist"
+        raise InputError(f"cannot write {path}: {p.parent} {why}")
 
 
 def _write_json(data: dict[str, Any], path: str) -> None:
     text = json.dumps(data, indent=2, sort_keys=False) + "\n"
     if path == "-":
         sys.stdout.write(text)
-    else:
-        Path(path).write_text(text)
-        err_console.print(f"wrote {path}", markup=False)
+        sys.stdout.flush()
+        return
+    try:
+        Path(path).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    err_console.print(f"wrote {path}", markup=False, soft_wrap=True)
 
 
 def _si(n: float) -> str:
@@ -145,19 +234,21 @@ def inspect(
     force: ForceOpt = False,
 ) -> None:
     """Per-layer table of a model: parameters, MACs, output bytes and neuron groups on a target."""
-    from budgetplan.pipeline import inspect_model
+    from budgetplan.pipeline import inspect_model  # imports torch (slow): only for commands that need it
 
     _check_output_path(json_out, force)
     if trace not in ("auto", "fx", "export"):
         raise InputError(f"unknown --trace '{trace}'; use auto, fx or export")
-    report = inspect_model(model, target=target, ram=ram, input_shape=_shape(input_shape), weights=weights,
-                           trust_pickle=trust_pickle, trace=trace, group_size=group_size)  # type: ignore[arg-type]
+    with _quiet_torch():
+        report = inspect_model(model, target=target, ram=ram, input_shape=_shape(input_shape),
+                               weights=weights, trust_pickle=trust_pickle,
+                               trace=trace, group_size=group_size)  # type: ignore[arg-type]
     if json_out is not None:
         _write_json(report.to_dict(), json_out)
         if json_out == "-":
             return
 
-    table = Table(title=f"{report.model} on {report.target}", show_lines=False)
+    table = Table(title=Text(f"{report.model} on {report.target}"), show_lines=False)
     for col, justify in (("#", "right"), ("layer", "left"), ("op", "left"), ("output", "left"),
                          ("params", "right"), ("MACs", "right"), ("out bytes", "right"),
                          ("groups", "right")):
@@ -168,24 +259,27 @@ def inspect(
             continue
         shown += 1
         shape = "×".join(str(d) for d in layer.output_shape) if layer.output_shape else "-"
-        table.add_row(str(i), layer.name, layer.op, shape, f"{layer.params:,}" if layer.params else "",
-                      _si(layer.macs) if layer.macs else "", format_bytes(layer.output_bytes) if
-                      layer.output_bytes else "", str(layer.neuron_groups) if layer.neuron_groups else "")
+        table.add_row(str(i), Text(layer.name), Text(layer.op), shape,
+                      f"{layer.params:,}" if layer.params else "", _si(layer.macs) if layer.macs else "",
+                      format_bytes(layer.output_bytes) if layer.output_bytes else "",
+                      str(layer.neuron_groups) if layer.neuron_groups else "")
     console.print(table)
     t = report.totals
     hidden = len(report.layers) - shown
+    shown_note = "all shown" if all_ops else f"{hidden} views/no-cost ops hidden; --all shows them"
     console.print(
-        f"[bold]{t.layers}[/] ops ({hidden} views/no-cost ops hidden; --all shows them) · traced with "
-        f"{report.trace_method} · input {', '.join('×'.join(map(str, s)) for s in report.input_shapes.values())}"
+        f"[bold]{t.layers}[/] ops ({shown_note}) · traced with {escape(report.trace_method)} · input "
+        f"{', '.join('×'.join(map(str, s)) for s in report.input_shapes.values())}"
     )
-    console.print(f"parameters {t.params:,} ({format_bytes(t.param_bytes)} on {report.target}) · "
+    console.print(f"parameters {t.params:,} ({format_bytes(t.param_bytes)} on {escape(report.target)}) · "
                   f"{_si(t.macs)} MACs · {_si(t.flops)} FLOPs per forward pass · "
                   f"{t.neuron_groups:,} neuron groups (group size {report.group_size})")
     if report.budget_bytes is not None:
         fits = t.inference_peak_bytes <= report.budget_bytes
         verdict = "[green]fits[/]" if fits else "[red]does not fit[/]"
         console.print(f"inference activation peak {format_bytes(t.inference_peak_bytes)} vs budget "
-                      f"{format_bytes(report.budget_bytes)}: {verdict} (training memory: budgetplan estimate)")
+                      f"{format_bytes(report.budget_bytes)}: {verdict} "
+                      "(training memory: budgetplan estimate)")
     for note in report.notes:
         console.print(f"note: {note}", markup=False)
 
@@ -208,7 +302,8 @@ def targets(json_out: JsonOpt = None, force: ForceOpt = False) -> None:
     for d in devices:
         table.add_row(d.name, ", ".join(d.aliases), d.core, f"{d.clock_hz / 1e6:g} MHz",
                       format_bytes(d.sram_bytes), format_bytes(d.usable_bytes),
-                      format_bytes(d.flash_bytes) if d.flash_bytes else "-", d.family, f"{d.macs_per_cycle:g}")
+                      format_bytes(d.flash_bytes) if d.flash_bytes else "-", d.family,
+                      f"{d.macs_per_cycle:g}")
     console.print(table)
 
 
