@@ -358,10 +358,11 @@ def mul_saved(call: OpCall) -> list[SavedRef]:
 def div_saved(call: OpCall) -> list[SavedRef] | None:
     """``a / b`` (``div.Tensor``): ``b`` is saved iff either requires grad, ``a`` iff ``b`` does.
 
-    ``div_`` saves a clone of ``self``. A scalar divisor saves nothing; rounding modes go to the probe.
+    ``div_`` saves a clone of ``self``. A Python-number divisor saves nothing (``div.Scalar``, or
+    ``div.Tensor`` with a number, as exported graphs record drop-path); rounding modes go to the probe.
     """
     if len(call.inputs) < 2:
-        return [] if call.overload_name in ("Scalar", "default", "") else None
+        return [] if call.overload_name in ("Scalar", "Tensor", "") else None
     if call.overload_name not in ("Tensor", ""):
         return None
     a, b = 0, 1

@@ -240,6 +240,9 @@ CASES: list[Case] = [
     *[c for op in (aten.add.Scalar, aten.rsub.Scalar, aten.mul.Scalar, aten.mul_.Scalar, aten.div.Scalar,
                    aten.div_.Scalar)
       for c in C(op, lambda: (R(3, 4), 2.0))],
+    # .Tensor overloads given a Python number (exported graphs record drop-path's x.div_(keep) so)
+    *[c for op in (aten.add.Tensor, aten.mul.Tensor, aten.mul_.Tensor, aten.div.Tensor, aten.div_.Tensor)
+      for c in C(op, lambda: (R(2, 1, 1, 1), 0.9))],
     *C(aten.where.self, lambda: (torch.rand(3, 4) < 0.5, R(3, 4), R(3, 4))),
     *C(aten.masked_fill.Scalar, lambda: (R(3, 4), torch.rand(3, 4) < 0.5, 0.0)),
     # reductions, shape ops, pooling, resampling, padding
