@@ -161,20 +161,27 @@ def _root(
 
 # Options shared by the commands that read a model.
 ModelArg = Annotated[str, typer.Argument(
+    metavar="MODEL",
     help="A built-in model (resnet18, mobilenetv2-w0.35, ...), a .pt2 ExportedProgram, a TorchScript "
          "archive, a pickled module (with --trust-pickle) or an import path package.module:factory.")]
-TargetOpt = Annotated[str, typer.Option("--target", "-t", help="Target name, alias or path to a .toml file.")]
-ShapeOpt = Annotated[str | None, typer.Option("--input-shape", help="Input shape, e.g. 1x3x128x128.")]
-WeightsOpt = Annotated[Path | None, typer.Option("--weights", help="state_dict for an import-path model "
-                                                  "(loaded with weights_only=True).")]
+TargetOpt = Annotated[str, typer.Option("--target", "-t", metavar="NAME|FILE",
+                                        help="Target name, alias or path to a .toml file.")]
+ShapeOpt = Annotated[str | None, typer.Option("--input-shape", metavar="SHAPE",
+                                              help="Input shape, e.g. 1x3x128x128.")]
+WeightsOpt = Annotated[Path | None, typer.Option("--weights", metavar="FILE",
+                                                 help="state_dict for an import-path model "
+                                                      "(loaded with weights_only=True).")]
 TrustOpt = Annotated[bool, typer.Option("--trust-pickle", help="Allow loading a pickled module; this runs "
                                         "code from the file.")]
-TraceOpt = Annotated[str, typer.Option("--trace", help="auto (fx, falling back to torch.export), fx or "
-                                        "export.")]
-GroupOpt = Annotated[int, typer.Option("--group-size", min=1, help="Output channels per neuron group.")]
-RamOpt = Annotated[str | None, typer.Option("--ram", help="RAM budget, e.g. 256k, 0.5M, 262144 "
-                                            "(k = 1024). Default: the target's usable RAM.")]
-JsonOpt = Annotated[str | None, typer.Option("--json", help="Write JSON to PATH, or '-' for stdout.")]
+TraceOpt = Annotated[str, typer.Option("--trace", metavar="auto|fx|export",
+                                       help="auto (fx, falling back to torch.export), fx or export.")]
+GroupOpt = Annotated[int, typer.Option("--group-size", min=1, metavar="N",
+                                       help="Output channels per neuron group.")]
+RamOpt = Annotated[str | None, typer.Option("--ram", metavar="SIZE",
+                                            help="RAM budget, e.g. 256k, 0.5M, 262144 (k = 1024). "
+                                                 "Default: the target's usable RAM.")]
+JsonOpt = Annotated[str | None, typer.Option("--json", metavar="PATH",
+                                             help="Write JSON to PATH, or '-' for stdout.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite output files that exist.")]
 
 
@@ -229,7 +236,8 @@ def inspect(
     trust_pickle: TrustOpt = False,
     trace: TraceOpt = "auto",
     group_size: GroupOpt = 1,
-    all_ops: Annotated[bool, typer.Option("--all", help="Also list ops that cost nothing (views).")] = False,
+    all_ops: Annotated[bool, typer.Option("--all", help="Also list ops that cost nothing "
+                                                           "(views, in-place ops).")] = False,
     json_out: JsonOpt = None,
     force: ForceOpt = False,
 ) -> None:
