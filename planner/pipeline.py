@@ -8,18 +8,30 @@ A training script uses the same functions as the CLI::
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from budgetplan.errors import InputError
+from budgetplan.estimate import TrainingEstimate, estimate_host
+from budgetplan.estimate_mcu import estimate_mcu
 from budgetplan.forward import ForwardReport, forward_report
 from budgetplan.graph import LayerGraph, build_layer_graph
 from budgetplan.loading import LoadedModel, load_model
 from budgetplan.targets import Target, load_target
 from budgetplan.tracing import TracedModel, TraceMethod, trace_model
 from budgetplan.units import parse_bytes
+from budgetplan.update_set import (
+    UpdateSet,
+    from_patterns,
+    from_plan_json,
+    from_sparse_update_config,
+    split_patterns,
+)
 
 ModelSource = str | os.PathLike | nn.Module | torch.export.ExportedProgram
 
@@ -82,3 +94,61 @@ def inspect_model(
     mg = trace_source(source, input_shape=input_shape, weights=weights, trust_pickle=trust_pickle,
                       trace=trace, group_size=group_size)
     return forward_report(mg.graph, device, model=mg.name, budget_bytes=budget)
+
+
+def resolve_update(model: nn.Module, spec: str | os.PathLike | UpdateSet | None) -> UpdateSet:
+    """An update set from a spec: an :class:`UpdateSet`; a path to a plan JSON (with ``update[]``) or to a
+    tiny-training sparse-update config (JSON); or comma-separated patterns (``"layer4.*,*.bias"``,
+    ``"all"``, ``"fc.weight[0:8]"``). See docs/update-sets.md."""
+    if isinstance(spec, UpdateSet):
+        return spec.validated(model)
+    if spec is None:
+        return UpdateSet.full(model)
+    text = str(spec)
+    path = Path(text)
+    if text.endswith(".json") or path.is_file():
+        if not path.is_file():
+            raise InputError(f"update file not found: {text}")
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InputError(f"{text} is not a JSON update set: {exc}") from None
+        if isinstance(data, dict) and "update" in data:
+            return from_plan_json(data, model)
+        return from_sparse_update_config(data, model)
+    return from_patterns(model, split_patterns(text))
+
+
+def estimate_training(
+    source: ModelSource,
+    *,
+    target: str | os.PathLike | Target = "host",
+    update: str | os.PathLike | UpdateSet | None = None,
+    optimizer: str = "sgd",
+    ram: str | int | None = None,
+    input_shape: tuple[int, ...] | None = None,
+    weights: str | os.PathLike | None = None,
+    trust_pickle: bool = False,
+    trace: TraceMethod = "auto",
+    group_size: int = 1,
+    reorder: bool = True,
+) -> TrainingEstimate:
+    """Predicted memory, FLOPs and latency of one training step (what ``budgetplan estimate`` prints)."""
+    device = resolve_target(target)
+    budget = resolve_budget(device, ram)
+    mg = trace_source(source, input_shape=input_shape, weights=weights, trust_pickle=trust_pickle,
+                      trace=trace, group_size=group_size)
+    update_set = resolve_update(mg.loaded.module, update)
+    return estimate_update(mg.graph, update_set, device, optimizer=optimizer, model=mg.name,
+                           budget_bytes=budget, reorder=reorder)
+
+
+def estimate_update(graph: LayerGraph, update: UpdateSet, target: Target, *, optimizer: str = "sgd",
+                    model: str = "", budget_bytes: int | None = None, reorder: bool = True) -> TrainingEstimate:
+    """Price an update set with the target family's cost model: ``mcu`` → tiny-training conventions
+    (:mod:`budgetplan.estimate_mcu`), ``host`` and ``embedded-linux`` → PyTorch eager
+    (:mod:`budgetplan.estimate`). ``reorder`` applies to the ``mcu`` family only."""
+    if target.family == "mcu":
+        return estimate_mcu(graph, update, target, optimizer=optimizer, reorder=reorder, model=model,
+                            budget_bytes=budget_bytes)
+    return estimate_host(graph, update, target, optimizer=optimizer, model=model, budget_bytes=budget_bytes)
