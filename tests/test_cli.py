@@ -11,10 +11,12 @@ Every input error must come out as exactly one line on stderr, exit code 2, no t
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -24,6 +26,7 @@ from typing import Any
 
 import pytest
 import torch
+import typer
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from typer.testing import CliRunner
@@ -36,7 +39,9 @@ ENV = {"COLUMNS": "200", "OMP_NUM_THREADS": "1"}
 SUBPROCESS_ENV = {**os.environ, **ENV}
 SUBPROCESS_TIMEOUT = 300
 CONSOLE_SCRIPT = Path(sys.executable).with_name("budgetplan")
-TARGETS_DIR = Path(__file__).resolve().parents[1] / "targets"
+ROOT = Path(__file__).resolve().parents[1]
+TARGETS_DIR = ROOT / "targets"
+DOCS = ROOT / "docs"
 
 MOD = "cli_fixture_models"  # the module written into the work directory (unique in sys.modules)
 MODULE_SOURCE = '''\
@@ -528,3 +533,50 @@ def test_subprocess_cheap_commands(tmp_path: Path) -> None:
     assert version.stdout.strip() == f"budgetplan {importlib.metadata.version('budgetplan')}"
     usage = run("inspect", "tinycnn", "--group-size", "0", script=True)
     assert_one_line_error(usage.returncode, usage.stdout, usage.stderr, "--group-size")
+
+
+# --------------------------------------------------------------------------------------------------
+# The documentation stays true: docs/json-output.md and docs/cli.md
+# --------------------------------------------------------------------------------------------------
+
+
+def _documented_fields(section: str) -> set[str]:
+    """The backticked names in the first column of the markdown tables of ``section``."""
+    return set(re.findall(r"^\| `([a-z_]+)` \|", section, re.MULTILINE))
+
+
+def test_json_output_doc_matches_the_tool() -> None:
+    doc = (DOCS / "json-output.md").read_text()
+    (block,) = re.findall(r"```json\n(.*?)```", doc, re.DOTALL)
+    example = json.loads(block)
+    actual = inspect_json("tinycnn", "--target", "cortex-m7", "--ram", "256k")
+    assert {k: v for k, v in example.items() if k != "layers"} == {
+        k: v for k, v in actual.items() if k != "layers"}
+    by_name = {layer["name"]: layer for layer in actual["layers"]}
+    assert example["layers"] and all(layer == by_name[layer["name"]] for layer in example["layers"])
+
+    inspect_doc = doc.split("## `inspect --json`", 1)[1].split("### Example", 1)[0]
+    top, rest = inspect_doc.split("### `layers[]`", 1)
+    layers_doc, totals_doc = rest.split("### `totals`", 1)
+    assert _documented_fields(top) == set(actual)
+    assert _documented_fields(layers_doc) == set(actual["layers"][0])
+    assert _documented_fields(totals_doc) == set(actual["totals"])
+    targets_doc = doc.split("## `targets --json`", 1)[1]
+    fields = {f.name for f in dataclasses.fields(load_target("host"))}
+    derived = set(json.loads(invoke("targets", "--json", "-").stdout)["targets"][0]) - fields
+    assert _documented_fields(targets_doc) == derived
+
+
+def test_cli_doc_covers_every_command_and_option() -> None:
+    doc = (DOCS / "cli.md").read_text()
+    group = typer.main.get_command(app)
+    assert isinstance(group, typer.core.TyperGroup)
+    for name, command in group.commands.items():
+        assert f"## `budgetplan {name}" in doc, name
+        section = doc.split(f"## `budgetplan {name}", 1)[1].split("\n## ", 1)[0]
+        for param in command.params:
+            for opt in param.opts:
+                if opt.startswith("-") and opt != "--help":
+                    assert f"`{opt}" in section or f", `{opt}`" in section, (name, opt)
+    for code in ("0", "1", "2", "3"):
+        assert re.search(rf"^\| {code} \| ", doc, re.MULTILINE), code
