@@ -315,6 +315,119 @@ def targets(json_out: JsonOpt = None, force: ForceOpt = False) -> None:
     console.print(table)
 
 
+UpdateOpt = Annotated[str | None, typer.Option(
+    "--update", "-u", metavar="SPEC",
+    help="What to train: patterns like 'layer4.*,*.bias,fc.weight[0:8]', 'all', a plan JSON or a "
+         "tiny-training sparse-update config (JSON). Default: all.")]
+OptimizerOpt = Annotated[str, typer.Option("--optimizer", metavar="sgd|sgd-momentum|adam",
+                                           help="Optimizer whose state is priced.")]
+
+
+def _pct(pred: float, meas: float) -> str:
+    return "n/a" if meas == 0 else f"{100 * (pred - meas) / meas:+.2f} %"
+
+
+@app.command()
+@_one_line_errors
+def estimate(
+    model: ModelArg,
+    target: TargetOpt = "host",
+    update: UpdateOpt = None,
+    optimizer: OptimizerOpt = "sgd",
+    ram: RamOpt = None,
+    no_reorder: Annotated[bool, typer.Option("--no-reorder", help="mcu targets: keep every weight gradient "
+                                             "until the optimizer step (no operator reordering).")] = False,
+    input_shape: ShapeOpt = None,
+    weights: WeightsOpt = None,
+    trust_pickle: TrustOpt = False,
+    trace: TraceOpt = "auto",
+    json_out: JsonOpt = None,
+    force: ForceOpt = False,
+) -> None:
+    """Memory, FLOPs and latency of one training step of an update set on a target."""
+    from budgetplan.estimate import OPTIMIZERS
+    from budgetplan.pipeline import estimate_training
+
+    _check_output_path(json_out, force)
+    if trace not in ("auto", "fx", "export"):
+        raise InputError(f"unknown --trace '{trace}'; use auto, fx or export")
+    if optimizer not in OPTIMIZERS:
+        raise InputError(f"unknown optimizer '{optimizer}'; use one of: {', '.join(OPTIMIZERS)}")
+    with _quiet_torch():
+        est = estimate_training(model, target=target, update=update, optimizer=optimizer, ram=ram,
+                                input_shape=_shape(input_shape), weights=weights, trust_pickle=trust_pickle,
+                                trace=trace, reorder=not no_reorder)  # type: ignore[arg-type]
+    if json_out is not None:
+        _write_json(est.to_dict(), json_out)
+        if json_out == "-":
+            return
+    table = Table(title=Text(f"one training step of {est.model} on {est.target} ({est.optimizer})"))
+    for col in ("", "total", "at peak"):
+        table.add_column(col, justify="right" if col else "left")
+    for kind in ("activations", "weights", "gradients", "optimizer", "other"):
+        table.add_row(kind, format_bytes(getattr(est.memory, kind)), format_bytes(getattr(est.memory_at_peak, kind)))
+    console.print(table)
+    trained = sum(est.trained_parameters.values())
+    console.print(f"peak {format_bytes(est.peak_bytes)} at {escape(est.peak_at)} · "
+                  f"{trained:,} parameters trained in {len(est.trained_parameters)} tensors · "
+                  f"backward through {len(est.backward_layers)} layers", soft_wrap=True)
+    console.print(f"FLOPs: forward {_si(est.flops['forward'])}, backward {_si(est.flops['backward'])} "
+                  f"(to activations {_si(est.flops['backward_to_activations'])}, to parameters "
+                  f"{_si(est.flops['backward_to_parameters'])}) · latency ≈ {est.latency_s:.3g} s", soft_wrap=True)
+    forward = [p.live_bytes for p in est.timeline if p.phase == "forward"]
+    backward = [p.live_bytes for p in est.timeline if p.phase == "backward"]
+    console.print(f"timeline: {len(est.timeline)} steps; forward max {format_bytes(max(forward, default=0))}, "
+                  f"backward max {format_bytes(max(backward, default=0))} (--json for every step)", soft_wrap=True)
+    if est.budget_bytes is not None:
+        verdict = "[green]fits[/]" if est.fits else "[red]does not fit[/]"
+        console.print(f"budget {format_bytes(est.budget_bytes)}: {verdict}")
+    for note in est.notes:
+        console.print(f"note: {note}", markup=False, soft_wrap=True)
+
+
+@app.command()
+@_one_line_errors
+def measure(
+    model: ModelArg,
+    update: UpdateOpt = None,
+    optimizer: OptimizerOpt = "sgd",
+    input_shape: ShapeOpt = None,
+    weights: WeightsOpt = None,
+    trust_pickle: TrustOpt = False,
+    trace: TraceOpt = "auto",
+    json_out: JsonOpt = None,
+    force: ForceOpt = False,
+) -> None:
+    """Run one real training step on this computer and compare it with the host prediction."""
+    from budgetplan.estimate import OPTIMIZERS
+    from budgetplan.pipeline import measure_training
+
+    _check_output_path(json_out, force)
+    if trace not in ("auto", "fx", "export"):
+        raise InputError(f"unknown --trace '{trace}'; use auto, fx or export")
+    if optimizer not in OPTIMIZERS:
+        raise InputError(f"unknown optimizer '{optimizer}'; use one of: {', '.join(OPTIMIZERS)}")
+    with _quiet_torch():
+        result = measure_training(model, update=update, optimizer=optimizer, input_shape=_shape(input_shape),
+                                  weights=weights, trust_pickle=trust_pickle, trace=trace)  # type: ignore[arg-type]
+    if json_out is not None:
+        _write_json(result.to_dict(), json_out)
+        if json_out == "-":
+            return
+    table = Table(title=Text(f"one training step of {result.model} on this computer ({result.optimizer})"))
+    for col in ("", "predicted", "measured (traced)", "error", "measured (eager)", "error "):
+        table.add_column(col, justify="right" if col else "left")
+    for quantity, pred, traced, eager in result.rows():
+        table.add_row(quantity, f"{pred:,}", f"{traced:,}", _pct(pred, traced), f"{eager:,}", _pct(pred, eager))
+    console.print(table)
+    console.print("traced: the traced program (frees values after their last use, like budgetplan's schedule); "
+                  "eager: your forward() (Python locals may live longer). FLOPs measured with FlopCounterMode, "
+                  "which over-counts grouped-conv backward and does not count CPU attention.", soft_wrap=True)
+    if result.eager.channel_subsets_measured_as_full:
+        console.print("note: PyTorch eager computes whole gradients; channel subsets were measured as whole "
+                      "tensors (budgetplan.compile makes subsets real)", soft_wrap=True)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

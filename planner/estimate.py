@@ -107,6 +107,15 @@ def optimizer_state_bytes(optimizer: str, grad_bytes_by_param: dict[str, int]) -
     return 2 * total + ADAM_STEP_BYTES * len(grad_bytes_by_param)
 
 
+def optimizer_step_workspace(optimizer: str, param_bytes: dict[str, int]) -> int:
+    """Transient bytes of one step of PyTorch's single-tensor optimizers on CPU: Adam computes
+    ``exp_avg_sq.sqrt()`` and a division per parameter (two temporaries of the largest parameter);
+    SGD, with or without momentum, updates in place."""
+    if optimizer != "adam" or not param_bytes:
+        return 0
+    return 2 * max(param_bytes.values())
+
+
 def estimate_host(
     graph: LayerGraph,
     update: UpdateSet,
@@ -190,7 +199,8 @@ def estimate_host(
     own_bytes = {name: ba.trained_elements.get(name, 0) * graph.parameters[name].itemsize for name in param_grads}
     opt_bytes = optimizer_state_bytes(optimizer, own_bytes)
     live_act.clear()
-    point("step", "optimizer step", grads_total, 0, opt_bytes)
+    point("step", "optimizer step", grads_total, 0, opt_bytes + optimizer_step_workspace(optimizer, own_bytes))
+    point("step", "after step", grads_total, 0, opt_bytes)
 
     peak = max(timeline, key=lambda p: p.live_bytes)
     forward_flops = sum(rec.call.flops for rec in calls)

@@ -21,7 +21,7 @@ from __future__ import annotations
 from budgetplan.backward import BackwardAnalysis, analyze_backward
 from budgetplan.cost_models.mcu import LayerContext, mcu_saved
 from budgetplan.estimate import MemoryBreakdown, TimelinePoint, TrainingEstimate, _check_optimizer
-from budgetplan.graph import LayerGraph
+from budgetplan.graph import LayerGraph, fused_storages
 from budgetplan.targets import Target
 from budgetplan.update_set import UpdateSet
 
@@ -52,8 +52,10 @@ def estimate_mcu(
     index_of = {layer.name: i for i, layer in enumerate(layers)}
     storages = graph.storages
 
-    # BatchNorm is folded into the conv before it: its output reuses that buffer.
-    folded = {key for layer in layers if layer.op == "batch_norm" for key in layer.new_storages}
+    # BatchNorm and ReLU/ReLU6 after a conv are fused into it: their output is the conv's buffer (0 bytes
+    # of their own; the conv's buffer lives as long as their outputs are used).
+    folding = fused_storages(graph)
+    folded = set(folding)
 
     def storage_size(key: int) -> int:
         s = storages[key]
@@ -83,6 +85,8 @@ def estimate_mcu(
             last_use[key] = i
     for key in graph.output_storages:
         last_use[key] = len(layers) - 1
+    for fused_key, conv_key in folding.items():
+        last_use[conv_key] = max(last_use.get(conv_key, 0), last_use.get(fused_key, 0))
 
     saved_items: dict[str, list[tuple[int | None, int]]] = {}
     kept_activations: dict[int, int] = {}  # storage key -> index of the earliest saver (freed at its backward)

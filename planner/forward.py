@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from budgetplan.cost_models.meta import TensorMeta
-from budgetplan.graph import LayerGraph, StorageInfo
+from budgetplan.graph import LayerGraph, StorageInfo, fused_storages
 from budgetplan.targets import Target
 
 
@@ -83,15 +83,23 @@ def inference_timeline(graph: LayerGraph, target: Target) -> list[int]:
     """Live activation bytes after each layer of the forward pass (inference, nothing kept for backward).
 
     A storage is live from the layer that creates it (model inputs: from the start) to the last layer
-    that reads it; model outputs stay live to the end.
+    that reads it; model outputs stay live to the end. On ``mcu`` targets a BatchNorm and a ReLU/ReLU6
+    after a conv are fused into it (one buffer), as deployed runtimes do.
     """
     end = len(graph.order) - 1
     timeline = [0] * len(graph.order)
     producer_index = {name: i for i, name in enumerate(graph.order)}
+    lifetimes: dict[int, tuple[int, int]] = {}
     for key, storage in graph.storages.items():
         start = 0 if storage.is_input else producer_index[storage.producer]
         stop = end if key in graph.output_storages else graph.storage_last_use.get(key, start)
-        size = storage_bytes(storage, target)
+        lifetimes[key] = (start, stop)
+    if target.family == "mcu":  # BatchNorm and ReLU fused into their conv: one buffer, as long as all
+        for bn_key, conv_key in fused_storages(graph).items():
+            lifetimes[conv_key] = (lifetimes[conv_key][0], max(lifetimes[conv_key][1], lifetimes[bn_key][1]))
+            del lifetimes[bn_key]
+    for key, (start, stop) in lifetimes.items():
+        size = storage_bytes(graph.storages[key], target)
         for i in range(start, stop + 1):
             timeline[i] += size
     return timeline
@@ -102,11 +110,13 @@ def forward_report(graph: LayerGraph, target: Target, *, model: str = "",
     """Price every layer of ``graph`` on ``target``."""
     seen: set[str] = set()
     layers: list[LayerForwardCost] = []
+    folded = fused_storages(graph) if target.family == "mcu" else {}  # fused layers allocate nothing
     for layer in graph.layers():
         new_params = [p for p in layer.parameters if p not in seen]
         seen.update(new_params)
         out_bytes = sum(
-            storage_bytes(graph.storages[k], target) for k in layer.new_storages if k in graph.storages
+            storage_bytes(graph.storages[k], target) for k in layer.new_storages
+            if k in graph.storages and k not in folded
         )
         layers.append(LayerForwardCost(
             name=layer.name, op=layer.op, module=layer.module, parameters=list(layer.parameters),

@@ -494,3 +494,28 @@ def unique_parameters(layers: Iterable[Layer]) -> list[str]:
         for p in layer.parameters:
             seen.setdefault(p, None)
     return list(seen)
+
+
+FUSED_ACTIVATIONS = {"relu", "relu6", "hardtanh"}
+
+
+def fused_storages(graph: LayerGraph) -> dict[int, int]:
+    """What deployed inference runtimes fuse into the convolution before them: a BatchNorm (folded into
+    the weights) and then a ReLU/ReLU6 (applied on the conv's output in place). Returns output storage
+    of each fused layer → storage of the conv output it is fused into (one buffer)."""
+    fused: dict[int, int] = {}
+    root_of: dict[str, int] = {}  # layer name -> conv output storage its output is
+    for layer in graph.layers():
+        if not layer.new_storages:
+            continue
+        if layer.op.startswith("conv"):
+            root_of[layer.name] = layer.new_storages[0]
+            continue
+        if layer.op not in ("batch_norm", *FUSED_ACTIVATIONS) or len(layer.inputs) != 1:
+            continue
+        root = root_of.get(layer.inputs[0])
+        if root is None or (layer.op == "batch_norm" and graph.layer(layer.inputs[0]).op == "batch_norm"):
+            continue
+        fused[layer.new_storages[0]] = root
+        root_of[layer.name] = root
+    return fused

@@ -22,6 +22,7 @@ from budgetplan.estimate_mcu import estimate_mcu
 from budgetplan.forward import ForwardReport, forward_report
 from budgetplan.graph import LayerGraph, build_layer_graph
 from budgetplan.loading import LoadedModel, load_model
+from budgetplan.measure import Measurement, measure_step
 from budgetplan.targets import Target, load_target
 from budgetplan.tracing import TracedModel, TraceMethod, trace_model
 from budgetplan.units import parse_bytes
@@ -152,3 +153,67 @@ def estimate_update(graph: LayerGraph, update: UpdateSet, target: Target, *, opt
         return estimate_mcu(graph, update, target, optimizer=optimizer, reorder=reorder, model=model,
                             budget_bytes=budget_bytes)
     return estimate_host(graph, update, target, optimizer=optimizer, model=model, budget_bytes=budget_bytes)
+
+
+@dataclass
+class MeasureComparison:
+    """One real host training step next to the host prediction (what ``budgetplan measure`` prints).
+
+    ``eager`` runs the user's own ``forward``; ``traced`` runs the traced program, which frees every
+    value after its last use as budgetplan's schedule does (the two differ where ``forward`` keeps
+    Python locals alive). Bytes and FLOPs; errors in percent of the measured value.
+    """
+
+    model: str
+    optimizer: str
+    prediction: TrainingEstimate
+    eager: Measurement
+    traced: Measurement
+
+    def rows(self) -> list[tuple[str, int, int, int]]:
+        """(quantity, predicted, measured on the traced program, measured eager)."""
+        p, t, e = self.prediction, self.traced, self.eager
+        return [
+            ("saved activations (bytes)", p.memory.activations, t.saved_activation_bytes, e.saved_activation_bytes),
+            ("parameter gradients (bytes)", p.memory.gradients, t.gradient_bytes, e.gradient_bytes),
+            ("optimizer state (bytes)", p.memory.optimizer, t.optimizer_state_bytes, e.optimizer_state_bytes),
+            ("peak live bytes", p.peak_bytes, t.peak_bytes, e.peak_bytes),
+            ("forward FLOPs", p.flops["forward"], t.forward_flops, e.forward_flops),
+            ("backward FLOPs", p.flops["backward"], t.backward_flops, e.backward_flops),
+        ]
+
+    def to_dict(self) -> dict[str, object]:
+        def err(pred: int, meas: int) -> float | None:
+            return None if meas == 0 else round(100 * (pred - meas) / meas, 3)
+
+        return {
+            "model": self.model, "optimizer": self.optimizer,
+            "comparison": [
+                {"quantity": q, "predicted": p, "measured_traced": t, "measured_eager": e,
+                 "error_pct_traced": err(p, t), "error_pct_eager": err(p, e)}
+                for q, p, t, e in self.rows()
+            ],
+            "prediction": self.prediction.to_dict(timeline=False),
+            "measured_eager": self.eager.to_dict(), "measured_traced": self.traced.to_dict(),
+        }
+
+
+def measure_training(
+    source: ModelSource,
+    *,
+    update: str | os.PathLike | UpdateSet | None = None,
+    optimizer: str = "sgd",
+    input_shape: tuple[int, ...] | None = None,
+    weights: str | os.PathLike | None = None,
+    trust_pickle: bool = False,
+    trace: TraceMethod = "auto",
+) -> MeasureComparison:
+    """Run one real training step on this computer and put it next to the host prediction."""
+    host = load_target("host")
+    mg = trace_source(source, input_shape=input_shape, weights=weights, trust_pickle=trust_pickle, trace=trace)
+    update_set = resolve_update(mg.loaded.module, update)
+    prediction = estimate_host(mg.graph, update_set, host, optimizer=optimizer, model=mg.name)
+    inputs = mg.loaded.example_inputs
+    eager = measure_step(mg.loaded.module, inputs, update_set, optimizer=optimizer)
+    traced = measure_step(mg.traced.graph_module, inputs, update_set, optimizer=optimizer)
+    return MeasureComparison(mg.name, optimizer, prediction, eager, traced)
