@@ -40,9 +40,10 @@ Measured facts (torch 2.13, CPU; the tests re-check every rule against the probe
 
 * ``silu``/``silu_`` (oracle only): ``5 × self`` — ``sigmoid``, ``1 − s`` (``empty_like`` +
   ``fill_`` + ``sub_``), ``x·(1 − s)``, ``1 + …``, ``s·(…)`` stay alive while the final product (the
-  gradient) is computed. ``mish``/``mish_``: ``6 × self``.
-* ``convolution`` with the oneDNN backend (``torch._C._select_conv_backend``: e.g. batch > 1, grouped
-  or depthwise, kernels > 3×3, strided or dilated at one thread; more shapes with several threads):
+  gradient) is computed. ``mish``/``mish_`` (oracle only): ``7 × self``.
+* ``convolution`` with the oneDNN backend (``torch._C._select_conv_backend``; for float32 roughly:
+  batch > 1, grouped/depthwise, kernels larger than 3×3 or a large input — so *not* a batch-1,
+  ungrouped 3×3 conv on a small map, which runs the native ``Slow2d``; see :func:`conv_backend`):
   training the bias but not the weight still computes the weight gradient (oneDNN computes weight and
   bias gradients together) — ``weight`` bytes of workspace. The native CPU backends compute only what
   is asked. No other conv case allocates a visible temporary.
@@ -94,18 +95,22 @@ from budgetplan.cost_models.saved import (
 aten = torch.ops.aten
 
 __all__ = [
+    "NO_WORKSPACE_OPS",
     "WORKSPACE_PROBE_FAILURES",
     "WORKSPACE_REGISTRY",
     "BackwardTrace",
+    "WorkspaceCall",
     "WorkspaceProbeFailure",
     "backward_workspace",
     "clear_workspace_cache",
+    "conv_backend",
     "probe_workspace",
     "register_workspace",
     "trace_backward",
     "workspace_cache_size",
     "workspace_rule",
 ]
+
 
 @dataclass(frozen=True)
 class WorkspaceCall(OpCall):
@@ -115,9 +120,13 @@ class WorkspaceCall(OpCall):
     argument (``alpha`` of ``add``, ``beta``/``alpha`` of ``addmm``) to a dispatch mode only when it is not
     its default, so an absent keyword reads as the schema default — exact when the caller passes
     ``kwargs_meta``, an assumption when it does not.
+
+    ``flop_counter``: answer for the oracle's backward under ``FlopCounterMode`` (True) or for a plain
+    eager backward (False); see the module docstring.
     """
 
     kwargs: dict[str, Any] = field(default_factory=dict, compare=False)
+    flop_counter: bool = True
 
     def kw(self, name: str, default: Any = None) -> Any:
         """Keyword argument ``name`` (``default`` when absent)."""
@@ -157,6 +166,8 @@ def workspace_rule(
     outputs: Sequence[TensorMeta],
     needs_grad: Sequence[bool],
     kwargs_meta: dict[str, Any] | None = None,
+    *,
+    flop_counter: bool = True,
 ) -> int | None:
     """Workspace bytes of this call's backward per the registered rule; None when no rule covers it
     (then :func:`backward_workspace` probes). Arguments as in :func:`backward_workspace`."""
@@ -167,7 +178,7 @@ def workspace_rule(
     if not any(n and _is_float(m.dtype) for n, m in zip(need, inputs, strict=True)):
         return 0
     call = WorkspaceCall(overload, None if args_meta is None else tuple(args_meta), tuple(inputs),
-                         tuple(outputs), dict(kwargs_meta or {}))
+                         tuple(outputs), dict(kwargs_meta or {}), flop_counter)
     value = rule(call, need)
     return None if value is None else max(0, int(value))
 
@@ -179,19 +190,25 @@ def backward_workspace(
     outputs: Sequence[TensorMeta],
     needs_grad: Sequence[bool],
     kwargs_meta: dict[str, Any] | None = None,
+    *,
+    flop_counter: bool = True,
 ) -> int:
     """Transient workspace, in bytes, of the backward of one ATen call (0 for ops that need none).
 
     ``args_meta`` are the positional args with tensors as TensorMeta (``AtenCall.args``), ``inputs`` and
     ``outputs`` the flat tensors (``AtenCall.inputs``/``outputs``), ``needs_grad[i]`` whether flat input
     ``i`` requires grad (``CallBackward.needs_grad``), ``kwargs_meta`` the keyword arguments when known
-    (see :class:`WorkspaceCall`). The registered rule answers when there is one,
-    else :func:`probe_workspace` (which never raises). See the module docstring for the definition.
+    (see :class:`WorkspaceCall`). ``flop_counter=True`` (default) answers what the oracle,
+    :func:`budgetplan.measure.measure_step`, sees; False what a plain eager backward allocates.
+    The registered rule answers when there is one, else :func:`probe_workspace` (which never raises).
+    See the module docstring for the definition.
     """
-    value = workspace_rule(overload, args_meta, inputs, outputs, needs_grad, kwargs_meta)
+    value = workspace_rule(overload, args_meta, inputs, outputs, needs_grad, kwargs_meta,
+                           flop_counter=flop_counter)
     if value is not None:
         return value
-    return probe_workspace(overload, args_meta, inputs, outputs, needs_grad, kwargs_meta)
+    return probe_workspace(overload, args_meta, inputs, outputs, needs_grad, kwargs_meta,
+                           flop_counter=flop_counter)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -248,11 +265,13 @@ NO_WORKSPACE_OPS: set[Any] = {
     aten.upsample_nearest2d, aten.upsample_bilinear2d,
     # reductions and concatenation: the gradient is an expand/slice of the incoming one (+ a div)
     aten.mean, aten.sum, aten.cat,
-    # views: backward is a view of the incoming gradient
+    # views: the gradient is a view of the incoming one, or one new tensor of the input's shape
+    # (expand: a sum; slice/select: zeros and a copy into them)
     aten.view, aten._unsafe_view, aten.t, aten.transpose, aten.permute, aten.expand,
     aten.unsqueeze, aten.squeeze, aten.slice, aten.select, aten.alias,
 }
-"""Ops measured to need no workspace on CPU (torch 2.13), whatever requires grad and for any shape."""
+"""Ops measured to need no workspace on CPU (torch 2.13), whatever requires grad (for the shapes and
+arguments the tests cover)."""
 
 
 @register_workspace(*NO_WORKSPACE_OPS)
@@ -271,16 +290,17 @@ def silu_workspace(call: WorkspaceCall, needs: tuple[bool, ...]) -> int:
     """``5 × self`` bytes when ``self`` needs grad: ``silu_backward`` decomposed as
     ``grad · (s · (1 + x · (1 − s))), s = sigmoid(x)`` keeps ``s``, ``1 − s`` (``empty_like``),
     ``x·(1 − s)``, ``1 + …`` and ``s·(…)`` — five ``self``-sized temporaries — alive while the gradient
-    (the sixth) is computed."""
-    return 5 * call.inputs[0].nbytes if needs[0] else 0
+    (the sixth) is computed. Plain eager (``flop_counter=False``): one fused kernel, 0."""
+    return 5 * call.inputs[0].nbytes if needs[0] and call.flop_counter else 0
 
 
 @register_workspace(aten.mish, aten.mish_)
 def mish_workspace(call: WorkspaceCall, needs: tuple[bool, ...]) -> int:
     """``7 × self`` bytes when ``self`` needs grad: ``mish_backward`` decomposed as
-    ``grad · (t + x · sigmoid(x) · (1 − t·t)), t = tanh(softplus(x))`` (softplus is freed once ``t`` is
-    computed; ``t``, ``sigmoid``, ``x·sigmoid``, ``t·t``, ``1 − t·t``, the product and the sum stay)."""
-    return 7 * call.inputs[0].nbytes if needs[0] else 0
+    ``grad · (x · sigmoid(x) · (1 − t²) + t), t = tanh(softplus(x))`` dispatches ``softplus`` (freed
+    early), ``tanh``, ``sigmoid``, then five products/sums and ``1 − …``; at its peak eight ``self``-sized
+    tensors are alive, the gradient among them. Plain eager (``flop_counter=False``): one fused kernel, 0."""
+    return 7 * call.inputs[0].nbytes if needs[0] and call.flop_counter else 0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -313,7 +333,7 @@ def _reduce_phase(
 def _binary_ok(call: WorkspaceCall, needs: tuple[bool, ...]) -> bool:
     """Two tensor operands whose dtypes equal the output's where they need grad (no cast step)."""
     out = call.outputs[0] if call.outputs else None
-    return (len(call.inputs) == 2 and call.args is not None and out is not None
+    return (len(call.inputs) == 2 and out is not None
             and all(not n or m.dtype == out.dtype for n, m in zip(needs, call.inputs, strict=True)))
 
 

@@ -186,19 +186,23 @@ def _patterns(inputs: Metas, grad: tuple[int, ...] | None) -> list[tuple[bool, .
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_rule_matches_probe(case: Case) -> None:
+    """Under the oracle's FlopCounterMode (what measure.py sees) and in a plain eager backward."""
     torch.manual_seed(0)
     args = case.make()
     args_meta, inputs, outputs = metas(case.op, args, case.kwargs)
     kwargs_meta = to_meta(case.kwargs) or None
     patterns = _patterns(inputs, case.grad)
     assert patterns
-    for needs in patterns:
-        rule = W.workspace_rule(case.op, args_meta, inputs, outputs, needs, kwargs_meta)
+    for needs, flop_counter in itertools.product(patterns, (True, False)):
+        rule = W.workspace_rule(case.op, args_meta, inputs, outputs, needs, kwargs_meta,
+                                flop_counter=flop_counter)
         assert rule is not None, f"no rule for {case.op} {inputs}"
-        trace = W.trace_backward(case.op, args_meta, inputs, outputs, needs, kwargs_meta)
+        trace = W.trace_backward(case.op, args_meta, inputs, outputs, needs, kwargs_meta,
+                                 flop_counter=flop_counter)
         assert rule == trace.workspace_bytes, (
-            f"{case.op} needs={needs}: rule {rule} B, PyTorch {trace.workspace_bytes} B "
-            f"(peak {trace.peak_bytes} B, gradients {trace.gradient_bytes} B, ops {trace.ops})")
+            f"{case.op} needs={needs} flop_counter={flop_counter}: rule {rule} B, PyTorch "
+            f"{trace.workspace_bytes} B (peak {trace.peak_bytes} B, gradients {trace.gradient_bytes} B, "
+            f"ops {trace.ops})")
 
 
 def test_every_registered_packet_has_a_case() -> None:
@@ -224,6 +228,9 @@ def test_silu_backward_is_decomposed_only_under_the_flop_counter() -> None:
     assert counted.workspace_bytes == 5 * inputs[0].nbytes
     assert "aten.sigmoid.default" in counted.ops and "aten.silu_backward.default" not in counted.ops
     assert plain.workspace_bytes == 0 and plain.ops.count("aten.silu_backward.default") == 1
+    call = (aten.silu.default, args_meta, inputs, outputs, (True,))
+    assert W.backward_workspace(*call) == 5 * inputs[0].nbytes
+    assert W.backward_workspace(*call, flop_counter=False) == 0
 
 
 def test_conv_bias_only_costs_a_weight_gradient_on_onednn() -> None:
