@@ -20,7 +20,8 @@ bytes and FLOPs:
   never surfaces as an operator's tensor (oneDNN/im2col scratch inside a kernel), allocator caching or
   fragmentation, Python objects, or the caller's own model. Gradients are not freed early (eager
   PyTorch keeps every ``.grad`` until ``zero_grad``), so this is the peak of the *unfused* schedule.
-* ``forward_flops`` / ``backward_flops`` - ``torch.utils.flop_counter.FlopCounterMode`` (2 FLOPs per
+* ``forward_flops`` / ``backward_flops`` - ``torch.utils.flop_counter.FlopCounterMode``, run on a second
+  copy apart from the memory pass, since the mode changes how some backward formulas run (2 FLOPs per
   multiply-accumulate, matmul/conv-like ops only; element-wise ops count 0).
 
 Channel subsets are measured as full tensors: PyTorch eager computes the whole gradient of a parameter
@@ -310,6 +311,30 @@ def measure_step(
         return _measure(model, tuple(example_inputs), update, optimizer, float(lr), loss)
 
 
+def _count_flops(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], update: UpdateSet,
+                 loss_name: str, backward: bool) -> tuple[int, int]:
+    """Forward and backward FLOPs of the same step on another copy, under FlopCounterMode.
+
+    Counted apart from the memory pass: FlopCounterMode is a dispatch mode, and under it some backward
+    formulas (SiLU, Mish) run decomposed into temporaries that a plain eager step never allocates.
+    """
+    net = copy.deepcopy(model)
+    for name, p in net.named_parameters():
+        p.requires_grad_(update.is_updated(name))
+    inputs = tuple(t.detach().clone() for t in example_inputs)
+    fwd_counter = FlopCounterMode(display=False)
+    with fwd_counter:
+        out = net(*inputs)
+        target = torch.zeros(out.shape[0], dtype=torch.long) if loss_name == "cross-entropy" else None
+        loss = _compute_loss(out, loss_name, target)
+    if not backward:
+        return int(fwd_counter.get_total_flops()), 0
+    bwd_counter = FlopCounterMode(display=False)
+    with bwd_counter:
+        loss.backward()
+    return int(fwd_counter.get_total_flops()), int(bwd_counter.get_total_flops())
+
+
 def _measure(
     model: nn.Module,
     example_inputs: tuple[torch.Tensor, ...],
@@ -349,12 +374,10 @@ def _measure(
         tracker.add(t, "baseline", record=False)
     tracker.mark("baseline: parameters, buffers, input")
     saved = _SavedTensors(excluded, tracker)
-    forward_flops = backward_flops = 0
     backward_ran = False
     try:
         with tracker:
-            fwd_counter = FlopCounterMode(display=False)
-            with fwd_counter, torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack):
+            with torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack):
                 with _phase(tracker, "forward"):
                     try:
                         out = net(*inputs)
@@ -375,7 +398,6 @@ def _measure(
                     loss = _compute_loss(out, loss_name, target)
                     del out, target
             saved_list = saved.freeze()
-            forward_flops = int(fwd_counter.get_total_flops())
             if opt is None:
                 notes.append(
                     "the update set trains nothing: measured the forward pass only (no backward, no step)"
@@ -386,10 +408,8 @@ def _measure(
                     "(no backward, no step)"
                 )
             else:
-                bwd_counter = FlopCounterMode(display=False)
-                with _phase(tracker, "backward"), bwd_counter:
+                with _phase(tracker, "backward"):
                     loss.backward()
-                backward_flops = int(bwd_counter.get_total_flops())
                 backward_ran = True
                 with _phase(tracker, "step"):
                     opt.step()
@@ -400,6 +420,8 @@ def _measure(
         timeline = list(tracker.timeline)
     finally:
         tracker.detach_finalizers()
+
+    forward_flops, backward_flops = _count_flops(model, example_inputs, update, loss_name, backward_ran)
 
     grads = {name: p.grad for name, p in net.named_parameters() if p.grad is not None}
     gradient_bytes, _ = _unique_bytes(list(grads.values()))
