@@ -6,7 +6,9 @@ its last use in the forward pass, or â€” when some call keeps it for backward â€
 the earliest such call has run. Gradients of activations live from the backward of their first
 consumer (in reverse order) to the backward of their producer. Parameter gradients live from their
 backward to the end (eager PyTorch keeps ``.grad`` until ``zero_grad``); optimizer state is allocated
-at the step. **Peak memory is the maximum of live bytes over this timeline**, not a sum.
+at the step. Each backward call also holds its transient workspace while it runs (temporaries its
+backward formula allocates beyond the gradients it returns, :mod:`budgetplan.cost_models.workspace`),
+counted under ``other``. **Peak memory is the maximum of live bytes over this timeline**, not a sum.
 
 Units: bytes, FLOPs (2 per MAC, matmul/conv-like ops), seconds.
 """
@@ -17,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from budgetplan.backward import BackwardAnalysis, analyze_backward
+from budgetplan.cost_models.workspace import backward_workspace
 from budgetplan.errors import InputError
 from budgetplan.graph import LayerGraph
 from budgetplan.targets import Target
@@ -59,7 +62,8 @@ class TrainingEstimate:
     (excluding parameters, buffers and the model input), ``weights`` = parameters and buffers,
     ``gradients`` = parameter gradients, ``optimizer`` = optimizer state, ``other`` = model input.
     ``memory_at_peak`` is what is live at the peak, where ``activations`` also counts forward
-    temporaries and ``gradients`` also counts activation gradients in flight.
+    temporaries, ``gradients`` also counts activation gradients in flight and ``other`` the model input
+    plus backward workspace.
     """
 
     model: str
@@ -150,9 +154,9 @@ def estimate_host(
     timeline: list[TimelinePoint] = []
     live_act: dict[int, int] = {}
 
-    def point(phase: str, label: str, grads: int, act_grads: int, opt: int) -> None:
+    def point(phase: str, label: str, grads: int, act_grads: int, opt: int, workspace: int = 0) -> None:
         bd = MemoryBreakdown(activations=sum(live_act.values()), weights=weights, gradients=grads + act_grads,
-                             optimizer=opt, other=inputs)
+                             optimizer=opt, other=inputs + workspace)
         timeline.append(TimelinePoint(phase, label, bd.total, bd))
 
     by_layer_end: dict[int, str] = {}
@@ -190,7 +194,9 @@ def estimate_host(
                         s.name, ba.trained_elements.get(s.name, 0) * graph.parameters[s.name].itemsize)
             elif (key, cb.input_versions[i]) not in act_grads:
                 act_grads[(key, cb.input_versions[i])] = call.inputs[i].nbytes
-        point("backward", cb.layer, sum(param_grads.values()), sum(act_grads.values()), 0)
+        workspace = backward_workspace(call.overload, call.args, call.inputs, call.outputs, cb.needs_grad,
+                                       flop_counter=False)
+        point("backward", cb.layer, sum(param_grads.values()), sum(act_grads.values()), 0, workspace)
         for version_key in [k for k in act_grads if k[1] >= cb.index]:
             del act_grads[version_key]  # the backward of the call that wrote it has consumed it
         for key in [k for k, at in release_at.items() if at == cb.index]:
