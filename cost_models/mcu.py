@@ -10,10 +10,11 @@ differently from PyTorch eager:
   only the selected channels' input is needed; a bias-only update keeps nothing;
 * other ops on the gradient path keep their activation inputs (conservative).
 
-Each rule is a small function of the layer's shapes and of the update decisions, registered by the
-normalised op name of :class:`budgetplan.graph.Layer` (``conv2d``, ``relu6``, ...). The function returns
-the saved items as ``(storage key or None, bytes)``: a key means the activation storage itself is kept
-(bytes = its int8 size, or a part of it); ``None`` means a separate buffer of that size (a mask).
+Each rule is a small function of the layer's shapes, registered by the normalised op name of
+:class:`budgetplan.graph.Layer` (``conv2d``, ``relu6``, ...). It returns :class:`McuSaved` items that say
+what may be kept and under which decision ("the gradient flows into input s", "the weight is trained",
+"these rows are trained"), so the same rules price a concrete update set (:mod:`budgetplan.estimate_mcu`)
+and become linear constraints for the planner.
 """
 
 from __future__ import annotations
@@ -27,26 +28,46 @@ from budgetplan.graph import Layer
 
 @dataclass(frozen=True)
 class LayerContext:
-    """What an MCU rule may look at for one layer.
+    """What an MCU rule may look at for one layer (shapes only: no update decisions).
 
     ``input_keys``/``input_numels``: the layer's activation inputs (storage key, elements);
-    ``output_numel``: elements of its first output; ``grad_flows``: some activation input needs a
-    gradient; ``trained_fraction``: trained rows of the layer's weight / all rows (0 when frozen);
-    ``depthwise``: a conv with one input channel per group; ``activation_bytes``: bytes per element.
+    ``output_numel``: elements of its first output; ``depthwise``: a conv with one input channel per
+    group; ``activation_bytes``: bytes per activation element.
     """
 
     layer: Layer
     input_keys: tuple[int, ...]
     input_numels: tuple[int, ...]
     output_numel: int
-    grad_flows: bool
-    trained_fraction: float
     depthwise: bool
     activation_bytes: int
 
 
-SavedItem = tuple[int | None, int]
-McuRule = Callable[[LayerContext], list[SavedItem]]
+@dataclass(frozen=True)
+class McuSaved:
+    """One thing a layer keeps for backward, and when.
+
+    ``key``: the activation storage kept (None: a separate buffer, e.g. a mask); ``nbytes``: its size;
+    ``when``: ``"grad"`` — kept when the gradient flows into activation ``on`` (a storage key);
+    ``"weight"`` — kept when any row of the layer's weight is trained; ``"weight-fraction"`` — kept for
+    the trained rows only (``nbytes`` is the size for all rows; a depthwise conv's input).
+    """
+
+    key: int | None
+    nbytes: int
+    when: str
+    on: int | None = None
+
+    def active_bytes(self, grad_flows_into: set[int], trained_fraction: float) -> int:
+        """Bytes kept under concrete decisions."""
+        if self.when == "grad":
+            return self.nbytes if self.on in grad_flows_into else 0
+        if self.when == "weight":
+            return self.nbytes if trained_fraction > 0 else 0
+        return math.ceil(self.nbytes * trained_fraction)
+
+
+McuRule = Callable[[LayerContext], list[McuSaved]]
 MCU_SAVED: dict[str, McuRule] = {}
 
 
@@ -61,42 +82,42 @@ def register_mcu(*ops: str) -> Callable[[McuRule], McuRule]:
     return wrap
 
 
-def mcu_saved(ctx: LayerContext) -> list[SavedItem]:
-    """Saved items of one layer; ops without a rule keep their activation inputs when a gradient flows."""
+def mcu_saved(ctx: LayerContext) -> list[McuSaved]:
+    """What one layer may keep; ops without a rule keep their activation inputs when a gradient flows."""
     rule = MCU_SAVED.get(ctx.layer.op, keeps_inputs)
     return rule(ctx)
 
 
-def keeps_inputs(ctx: LayerContext) -> list[SavedItem]:
-    """Default (mul, sigmoid, softmax, layer_norm, matmul of activations, ...): keep every activation
-    input, int8, when a gradient flows through the op."""
-    if not ctx.grad_flows:
-        return []
-    return [(key, numel * ctx.activation_bytes) for key, numel in zip(ctx.input_keys, ctx.input_numels)]
+def keeps_inputs(ctx: LayerContext) -> list[McuSaved]:
+    """Default (mul, sigmoid, softmax, layer_norm, matmul of activations, ...): keep each activation
+    input, int8, when a gradient flows into it."""
+    return [McuSaved(key, numel * ctx.activation_bytes, "grad", key)
+            for key, numel in zip(ctx.input_keys, ctx.input_numels)]
 
 
 @register_mcu("conv1d", "conv2d", "conv3d", "linear", "matmul", "mm", "addmm", "convolution")
-def weighted_layer(ctx: LayerContext) -> list[SavedItem]:
+def weighted_layer(ctx: LayerContext) -> list[McuSaved]:
     """The input activation is needed for the weight gradient only; depthwise: only trained channels."""
     if ctx.layer.weight is None:
         return keeps_inputs(ctx)
-    if ctx.trained_fraction <= 0 or not ctx.input_keys:
+    if not ctx.input_keys:
         return []
     key, numel = ctx.input_keys[0], ctx.input_numels[0]
-    fraction = ctx.trained_fraction if ctx.depthwise else 1.0
-    return [(key, math.ceil(numel * fraction) * ctx.activation_bytes)]
+    return [McuSaved(key, numel * ctx.activation_bytes, "weight-fraction" if ctx.depthwise else "weight")]
 
 
 @register_mcu("relu", "relu6", "hardtanh", "leaky_relu", "threshold")
-def relu_mask(ctx: LayerContext) -> list[SavedItem]:
+def relu_mask(ctx: LayerContext) -> list[McuSaved]:
     """One bit per output element tells where the gradient passes."""
-    return [(None, math.ceil(ctx.output_numel / 8))] if ctx.grad_flows else []
+    return [McuSaved(None, math.ceil(ctx.output_numel / 8), "grad", ctx.input_keys[0])] if ctx.input_keys else []
 
 
 @register_mcu("max_pool1d", "max_pool2d", "max_pool3d", "max_pool2d_with_indices")
-def max_pool_mask(ctx: LayerContext) -> list[SavedItem]:
+def max_pool_mask(ctx: LayerContext) -> list[McuSaved]:
     """One bit per input element marks the maxima."""
-    return [(None, math.ceil(sum(ctx.input_numels[:1]) / 8))] if ctx.grad_flows else []
+    if not ctx.input_keys:
+        return []
+    return [McuSaved(None, math.ceil(ctx.input_numels[0] / 8), "grad", ctx.input_keys[0])]
 
 
 @register_mcu(
@@ -105,6 +126,6 @@ def max_pool_mask(ctx: LayerContext) -> list[SavedItem]:
     "constant_pad_nd", "size", "slice", "select", "unsqueeze", "squeeze", "expand", "chunk", "split",
     "upsample_nearest2d", "interpolate", "neg", "sum", "_unsafe_view", "alias", "t",
 )
-def keeps_nothing(ctx: LayerContext) -> list[SavedItem]:
+def keeps_nothing(ctx: LayerContext) -> list[McuSaved]:
     """Linear ops whose backward needs only shapes (BatchNorm: folded into the conv before it)."""
     return []
