@@ -1,0 +1,310 @@
+"""The training cost as linear expressions over 0/1 update decisions, for the ILP planner.
+
+Decision variables (all binary):
+
+* ``x[p, k]`` — neuron group ``k`` (rows ``k·G … k·G+G-1`` along dim 0) of a parameter that is split into
+  groups: the weight of a conv/linear layer and its 1-D parameters of the same length (bias);
+* ``a[p]`` — "some group of ``p`` is trained" (``x[p, k] ≤ a[p]``);
+* ``x[p]`` — a parameter trained whole (BatchNorm/LayerNorm affine, embeddings, class tokens, …);
+* ``r[s]`` — activation storage ``s`` receives a gradient. ``r`` of a layer's outputs is at least every
+  ``r`` of its activation inputs and every "trained" variable of its parameters, so gradients flow from
+  every trained parameter to the loss;
+* ``k[s]`` — activation storage ``s`` is kept for backward (at least each condition under which a
+  layer keeps it).
+
+Every point of the training schedule (after each layer's forward, at each layer's backward, at the end)
+gets a :class:`~budgetplan.ilp.LinearExpr` of its live bytes. The expressions are a **proven upper bound**
+of the exact cost model (:mod:`budgetplan.estimate_mcu`) for every update set: lifetimes that depend on
+decisions are taken at their longest (a kept activation is held until the backward of the *earliest layer
+that may keep it*; an activation gradient lives from its producer's backward to its last consumer's; a
+partially-kept depthwise input is a separate buffer). So ``expr ≤ budget`` at every point guarantees the
+re-priced plan fits; the planner re-prices every plan with the exact model anyway.
+
+Units: bytes (memory), FLOPs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from budgetplan.cost_models.backward_flops import backward_flops
+from budgetplan.errors import InputError
+from budgetplan.estimate_mcu import OPTIMIZER_STATE_PER_ELEMENT, McuLayout, mcu_layout
+from budgetplan.graph import LayerGraph
+from budgetplan.ilp import Implication, LinearExpr
+from budgetplan.targets import Target
+from budgetplan.update_set import UpdateSet
+
+
+@dataclass(frozen=True)
+class Group:
+    """One decision over a parameter: rows ``start:stop`` along dim 0 (``whole`` = the full tensor)."""
+
+    var: str
+    parameter: str
+    start: int
+    stop: int
+    elements: int  # parameter elements in these rows
+    whole: bool
+
+
+@dataclass
+class LinearCostModel:
+    """Linear (upper-bound) cost of a training step over binary update decisions."""
+
+    groups: list[Group]
+    any_var: dict[str, str]  # grouped parameter -> its "some group trained" variable
+    trained_var: dict[str, str]  # parameter -> variable meaning "(some of) it is trained"
+    binaries: list[str]
+    implications: list[Implication]
+    persistent: LinearExpr  # bytes held for the whole step: trained weights in SRAM, optimizer state
+    points: list[tuple[str, LinearExpr]]  # (label, live bytes besides the persistent ones)
+    backward_flops: LinearExpr
+    forward_flops: int
+    notes: list[str] = field(default_factory=list)
+
+    def assignment(self, update: UpdateSet, graph: LayerGraph) -> dict[str, int]:
+        """Group variables for a concrete update set (a group is on when any of its rows is trained);
+        derived variables (a, r, k) are set to the smallest values the implications allow."""
+        values = {v: 0 for v in self.binaries}
+        for g in self.groups:
+            chans = update.channels(g.parameter)
+            if chans == ():
+                continue
+            on = chans is None or any(g.start <= c < g.stop for c in chans)
+            values[g.var] = int(on)
+        # propagate lhs <= rhs to a fixed point (implications are acyclic chains in graph order)
+        changed = True
+        while changed:
+            changed = False
+            for imp in self.implications:
+                if values.get(imp.lhs, 0) > values.get(imp.rhs, 0):
+                    values[imp.rhs] = 1
+                    changed = True
+        return values
+
+    def evaluate(self, values: dict[str, int]) -> list[tuple[str, float]]:
+        """Live bytes of every point (persistent bytes included) under an assignment."""
+        held = _value(self.persistent, values)
+        return [(label, held + _value(expr, values)) for label, expr in self.points]
+
+
+def _value(expr: LinearExpr, values: dict[str, int]) -> float:
+    return expr.constant + sum(c * values.get(v, 0) for v, c in expr.terms.items())
+
+
+class _Expr:
+    """Mutable builder of a LinearExpr."""
+
+    def __init__(self) -> None:
+        self.terms: dict[str, float] = defaultdict(float)
+        self.constant = 0.0
+
+    def add(self, var: str | None, coef: float) -> None:
+        if not coef:
+            return
+        if var is None:
+            self.constant += coef
+        else:
+            self.terms[var] += coef
+
+    def add_expr(self, other: _Expr, scale: float = 1.0) -> None:
+        self.constant += other.constant * scale
+        for v, c in other.terms.items():
+            self.terms[v] += c * scale
+
+    def freeze(self) -> LinearExpr:
+        return LinearExpr({v: c for v, c in sorted(self.terms.items()) if c}, self.constant)
+
+
+def _groups(graph: LayerGraph) -> tuple[list[Group], dict[str, str], dict[str, str], list[Implication]]:
+    """Decision variables over the model's parameters (names are short and solver-safe)."""
+    size = graph.group_size
+    grouped_rows: dict[str, int] = {}
+    for layer in graph.group_owners():
+        rows = layer.out_channels
+        for p in layer.parameters:
+            shape = graph.parameters[p].shape
+            if p == layer.weight or (len(shape) == 1 and shape[0] == rows):
+                grouped_rows.setdefault(p, rows)
+    groups: list[Group] = []
+    any_var: dict[str, str] = {}
+    trained_var: dict[str, str] = {}
+    implications: list[Implication] = []
+    for index, (name, meta) in enumerate(graph.parameters.items()):
+        if not meta.dtype.is_floating_point:
+            continue
+        per_row = meta.numel // meta.shape[0] if meta.shape else 1
+        if name in grouped_rows:
+            rows = grouped_rows[name]
+            any_name = f"a{index}"
+            any_var[name] = trained_var[name] = any_name
+            for k in range(math.ceil(rows / size)):
+                start, stop = k * size, min(rows, (k + 1) * size)
+                var = f"x{index}_{k}"
+                groups.append(Group(var, name, start, stop, (stop - start) * per_row, False))
+                implications.append(Implication(f"group_needs_any_{var}", var, any_name))
+        else:
+            var = f"x{index}"
+            rows = meta.shape[0] if meta.shape else 1
+            groups.append(Group(var, name, 0, rows, meta.numel, True))
+            trained_var[name] = var
+    return groups, any_var, trained_var, implications
+
+
+def linear_cost_mcu(
+    graph: LayerGraph,
+    target: Target,
+    *,
+    optimizer: str = "sgd",
+    reorder: bool = True,
+    layout: McuLayout | None = None,
+) -> LinearCostModel:
+    """Linear upper bound of :func:`budgetplan.estimate_mcu.estimate_mcu` over update decisions."""
+    if optimizer not in OPTIMIZER_STATE_PER_ELEMENT:
+        raise InputError(f"unknown optimizer '{optimizer}'")
+    lay = layout or mcu_layout(graph, target)
+    layers = lay.layers
+    storages = graph.storages
+    groups, any_var, trained_var, implications = _groups(graph)
+    by_param: dict[str, list[Group]] = defaultdict(list)
+    for g in groups:
+        by_param[g.parameter].append(g)
+
+    r_names: dict[int, str] = {}
+
+    def r(key: int) -> str | None:
+        """The "receives a gradient" variable of an activation storage (None: never does)."""
+        s = storages.get(key)
+        if s is None or s.is_input or not s.floating:
+            return None
+        if key not in r_names:
+            r_names[key] = f"r{len(r_names)}"
+        return r_names[key]
+
+    # Gradient flow: outputs of a layer receive a gradient when any input does or a parameter is trained.
+    for layer in layers:
+        atoms = [v for v in (r(k) for k in lay.inputs[layer.name]) if v is not None]
+        atoms += [trained_var[p] for p in layer.parameters if p in trained_var]
+        outs = [v for v in (r(k) for k in layer.output_storages) if v is not None]
+        for out in dict.fromkeys(outs):
+            for atom in dict.fromkeys(atoms):
+                if atom != out:
+                    implications.append(Implication(f"flow_{layer.fx_name}_{atom}_{out}", atom, out))
+
+    def trained_bytes(param: str, bytes_per_element: float) -> _Expr:
+        e = _Expr()
+        for g in by_param.get(param, ()):
+            e.add(g.var, g.elements * bytes_per_element)
+        return e
+
+    # Persistent SRAM: trained weights (their dtype) and optimizer state.
+    persistent = _Expr()
+    opt_bytes = OPTIMIZER_STATE_PER_ELEMENT[optimizer] * target.dtype_bytes("optimizer")
+    for name in trained_var:
+        kind = "bias" if len(graph.parameters[name].shape) == 1 else "weight"
+        persistent.add_expr(trained_bytes(name, target.dtype_bytes(kind) + opt_bytes))
+
+    # What is kept: keyed (whole activation, lifetime extended) or separate buffers.
+    kept_var: dict[int, str] = {}
+    earliest_saver: dict[int, int] = {}
+    separate: dict[int, _Expr] = defaultdict(_Expr)  # saver index -> bytes of its separate buffers
+    for i, layer in enumerate(layers):
+        weight_rows = graph.parameters[layer.weight].shape[0] if layer.weight else 0
+        for n, item in enumerate(lay.saved[layer.name]):
+            if item.when == "grad":
+                cond = r(item.on) if item.on is not None else None
+                if cond is None:
+                    continue
+            elif item.when == "weight":
+                if layer.weight not in trained_var:
+                    continue
+                cond = trained_var[layer.weight]
+            else:  # weight-fraction: a separate buffer of the trained rows' share
+                for g in by_param.get(layer.weight or "", ()):
+                    separate[i].add(g.var, math.ceil(item.nbytes * (g.stop - g.start) / weight_rows))
+                continue
+            if item.key is not None and item.nbytes >= lay.storage_bytes.get(item.key, 0) and \
+                    lay.storage_bytes.get(item.key, 0) > 0:
+                kvar = kept_var.setdefault(item.key, f"k{len(kept_var)}")
+                implications.append(Implication(f"keep_{layer.fx_name}_{n}", cond, kvar))
+                earliest_saver[item.key] = min(earliest_saver.get(item.key, i), i)
+            else:
+                separate[i].add(cond, item.nbytes)
+
+    points: list[tuple[str, LinearExpr]] = []
+    end = len(layers) - 1
+    # Forward.
+    for i, layer in enumerate(layers):
+        e = _Expr()
+        for key, size in lay.storage_bytes.items():
+            start = lay.producer_index[key]
+            stop = lay.last_use.get(key, start)
+            if start <= i <= stop:
+                e.add(None, size)
+            elif stop < i and start <= i and key in kept_var:
+                e.add(kept_var[key], size)
+        for j in range(i + 1):
+            if j in separate:
+                e.add_expr(separate[j])
+        points.append((f"forward:{layer.name}", e.freeze()))
+
+    # Backward (reverse order).
+    grad_bytes = lay.gradient_bytes
+    for i in range(end, -1, -1):
+        layer = layers[i]
+        e = _Expr()
+        for key, var in kept_var.items():
+            if earliest_saver[key] <= i:
+                e.add(var, lay.storage_bytes[key])
+        for j, expr in separate.items():
+            if j <= i:
+                e.add_expr(expr)
+        for key in storages:
+            var = r(key)
+            if var is None:
+                continue
+            if lay.producer_index[key] <= i <= lay.dataflow_last_use.get(key, -1):
+                e.add(var, storages[key].numel * grad_bytes)
+        for name in trained_var:
+            owner = lay.index_of.get(lay.param_owner.get(name, ""), -1)
+            if (owner == i) if reorder else (owner >= i):
+                e.add_expr(trained_bytes(name, grad_bytes))
+        points.append((f"backward:{layer.name}", e.freeze()))
+    if not reorder:
+        e = _Expr()
+        for name in trained_var:
+            e.add_expr(trained_bytes(name, grad_bytes))
+        points.append(("step", e.freeze()))
+
+    # Backward FLOPs: each input's gradient FLOPs, when that input receives a gradient (parameters: only
+    # the trained rows' share).
+    flops = _Expr()
+    for layer in layers:
+        for call in layer.aten:
+            per_input = backward_flops(call.overload, call.args, call.inputs, call.outputs,
+                                       tuple(m.dtype.is_floating_point for m in call.inputs))
+            for i, f in enumerate(per_input):
+                if not f:
+                    continue
+                key = call.input_keys[i]
+                param = graph.parameter_storages.get(key)
+                if param is not None:
+                    rows = graph.parameters[param].shape[0] if graph.parameters[param].shape else 1
+                    for g in by_param.get(param, ()):
+                        flops.add(g.var, math.ceil(f * (g.stop - g.start) / rows))
+                else:
+                    var = r(key)
+                    if var is not None:
+                        flops.add(var, f)
+
+    binaries = [g.var for g in groups] + sorted(set(any_var.values())) + sorted(r_names.values()) + \
+        sorted(kept_var.values())
+    return LinearCostModel(
+        groups=groups, any_var=any_var, trained_var=trained_var, binaries=binaries,
+        implications=implications, persistent=persistent.freeze(), points=points,
+        backward_flops=flops.freeze(),
+        forward_flops=sum(layer.flops for layer in layers),
+    )

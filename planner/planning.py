@@ -1,0 +1,407 @@
+"""Choose the update set: the ILP and the baselines behind one interface.
+
+``plan_update(graph, target, budget_bytes, strategy=...)`` returns a :class:`PlanResult` whose update set
+has been **re-priced with the exact cost model** (``fits`` is that model's verdict, never the solver's).
+
+Strategies:
+
+* ``ilp`` — maximise the sum of group scores subject to the linear upper bound of the training step's
+  live bytes at every point of the schedule (:mod:`budgetplan.linear_cost`) ≤ budget, optional FLOP and
+  latency bounds; solved with CBC or HiGHS (:mod:`budgetplan.ilp`);
+* ``greedy`` — the seed paper's fill: groups by score per parameter, best first, each added when the
+  bound still fits;
+* ``random`` — the same fill in a seeded random order;
+* ``bias-only``, ``last-k`` (the last k weight layers whole), ``full``, and a tiny-training sparse-update
+  config (``config:PATH``) — fixed sets, priced and reported.
+
+Scores (what the objective maximises, per neuron group): ``params`` (parameters in the group — the
+seed's unit), ``uniform`` (1 per group), or user-supplied per-parameter lists.
+Units: bytes, FLOPs, seconds.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from budgetplan.errors import InputError
+from budgetplan.estimate import TrainingEstimate, estimate_host
+from budgetplan.estimate_mcu import estimate_mcu, mcu_layout
+from budgetplan.graph import LayerGraph
+from budgetplan.ilp import Constraint, Implication, LinearExpr, SelectionProblem, SolveResult, solve
+from budgetplan.linear_cost import LinearCostModel, linear_cost_mcu
+from budgetplan.targets import Target
+from budgetplan.update_set import UpdateSet, from_sparse_update_config
+
+STRATEGIES = ("ilp", "greedy", "random", "bias-only", "last-k", "full")
+SCORE_KINDS = ("params", "uniform")
+_PERSISTENT = "held_bytes"  # continuous helper: bytes held for the whole step
+
+
+@dataclass
+class PlanResult:
+    """A chosen update set and what it costs (exact re-pricing)."""
+
+    strategy: str
+    scores: str
+    budget_bytes: int
+    update: UpdateSet
+    estimate: TrainingEstimate
+    objective: float  # sum of the scores of the trained groups
+    groups_selected: int
+    groups_total: int
+    solver: dict[str, Any] | None = None  # name, status, objective, gap, seconds, message
+    bound_peak_bytes: float | None = None  # the linear model's bound for this update set
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def fits(self) -> bool:
+        return self.estimate.peak_bytes <= self.budget_bytes
+
+
+def _price(graph: LayerGraph, update: UpdateSet, target: Target, optimizer: str, reorder: bool,
+           budget: int, layout: Any = None) -> TrainingEstimate:
+    if target.family == "mcu":
+        return estimate_mcu(graph, update, target, optimizer=optimizer, reorder=reorder, budget_bytes=budget,
+                            layout=layout)
+    return estimate_host(graph, update, target, optimizer=optimizer, budget_bytes=budget)
+
+
+def group_scores(model: LinearCostModel, kind: str | Mapping[str, Sequence[float] | float]) -> dict[str, float]:
+    """Score per group variable. ``kind``: ``params``, ``uniform`` or a mapping parameter → one score per
+    group (a list) or one score for the whole parameter (spread over its groups by size)."""
+    if isinstance(kind, str):
+        if kind not in SCORE_KINDS:
+            raise InputError(f"unknown score '{kind}'; use one of: {', '.join(SCORE_KINDS)} or a scores file")
+        return {g.var: float(g.elements if kind == "params" else 1) for g in model.groups}
+    by_param: dict[str, list] = defaultdict(list)
+    for g in model.groups:
+        by_param[g.parameter].append(g)
+    unknown = [p for p in kind if p not in by_param]
+    if unknown:
+        raise InputError(f"scores given for unknown parameter '{unknown[0]}'")
+    scores = {g.var: 0.0 for g in model.groups}
+    for param, value in kind.items():
+        groups = by_param[param]
+        if isinstance(value, (int, float)):
+            total = sum(g.elements for g in groups)
+            for g in groups:
+                scores[g.var] = float(value) * g.elements / total
+            continue
+        values = list(value)
+        if len(values) != len(groups):
+            raise InputError(f"scores for '{param}' have {len(values)} entries; it has {len(groups)} groups")
+        for g, v in zip(groups, values):
+            if not isinstance(v, (int, float)) or math.isnan(v):
+                raise InputError(f"score for '{param}' is not a number: {v!r}")
+            scores[g.var] = float(v)
+    return scores
+
+
+def update_from_values(model: LinearCostModel, values: Mapping[str, int], graph: LayerGraph) -> UpdateSet:
+    """The update set of an assignment of group variables."""
+    rows: dict[str, set[int]] = defaultdict(set)
+    whole: set[str] = set()
+    for g in model.groups:
+        if not values.get(g.var):
+            continue
+        if g.whole:
+            whole.add(g.parameter)
+        else:
+            rows[g.parameter].update(range(g.start, g.stop))
+    entries: dict[str, tuple[int, ...] | None] = {p: None for p in whole}
+    for p, chans in rows.items():
+        entries[p] = None if len(chans) == graph.parameters[p].shape[0] else tuple(sorted(chans))
+    ordered = {p: entries[p] for p in graph.parameters if p in entries}
+    return UpdateSet(ordered)
+
+
+class _Fill:
+    """Incremental evaluation of the linear bound while groups are switched on one by one."""
+
+    def __init__(self, model: LinearCostModel, budget: float, max_backward_flops: float | None) -> None:
+        self.model = model
+        self.budget = budget
+        self.max_flops = max_backward_flops
+        self.point_values = [expr.constant for _, expr in model.points]
+        self.held = model.persistent.constant
+        self.flops = model.backward_flops.constant
+        self.contrib: dict[str, list[tuple[int, float]]] = defaultdict(list)
+        for i, (_, expr) in enumerate(model.points):
+            for v, c in expr.terms.items():
+                self.contrib[v].append((i, c))
+        self.implied: dict[str, list[str]] = defaultdict(list)
+        for imp in model.implications:
+            self.implied[imp.lhs].append(imp.rhs)
+        self.on: set[str] = set()
+
+    def _switch(self, variables: list[str], sign: int) -> None:
+        for v in variables:
+            for i, c in self.contrib.get(v, ()):
+                self.point_values[i] += sign * c
+            self.held += sign * self.model.persistent.terms.get(v, 0.0)
+            self.flops += sign * self.model.backward_flops.terms.get(v, 0.0)
+
+    def fits(self) -> bool:
+        peak_ok = self.held + max(self.point_values, default=0.0) <= self.budget
+        return peak_ok and (self.max_flops is None or self.flops <= self.max_flops)
+
+    def try_add(self, var: str) -> bool:
+        if var in self.on:
+            return True
+        new: list[str] = []
+        stack = [var]
+        while stack:
+            v = stack.pop()
+            if v in self.on or v in new:
+                continue
+            new.append(v)
+            stack.extend(self.implied.get(v, ()))
+        self._switch(new, +1)
+        if self.fits():
+            self.on.update(new)
+            return True
+        self._switch(new, -1)
+        return False
+
+
+def _fill(model: LinearCostModel, order: list[str], budget: float, max_flops: float | None) -> dict[str, int]:
+    fill = _Fill(model, budget, max_flops)
+    for var in order:
+        fill.try_add(var)
+    return {v: 1 for v in fill.on}
+
+
+def _fixed_set(strategy: str, graph: LayerGraph, last_k: int | None) -> UpdateSet:
+    names = list(graph.parameters)
+    if strategy == "full":
+        return UpdateSet({n: None for n in names})
+    if strategy == "bias-only":
+        return UpdateSet({n: None for n in names if n.rsplit(".", 1)[-1] == "bias"})
+    owners = []
+    for layer in graph.group_owners():
+        if layer.weight not in owners:
+            owners.append(layer.weight)
+    k = len(owners) if last_k is None else last_k
+    if k < 1:
+        raise InputError(f"--last-k must be a positive number of layers, got {k}")
+    chosen: set[str] = set()
+    for layer in graph.group_owners():
+        if layer.weight in owners[-k:]:
+            chosen.update(layer.parameters)
+    return UpdateSet({n: None for n in names if n in chosen})
+
+
+def plan_update(
+    graph: LayerGraph,
+    target: Target,
+    budget_bytes: int,
+    *,
+    strategy: str = "ilp",
+    scores: str | Mapping[str, Sequence[float] | float] = "params",
+    optimizer: str = "sgd",
+    reorder: bool = True,
+    solver: str = "auto",
+    time_limit: float | None = None,
+    gap: float | None = None,
+    max_flops: float | None = None,
+    max_latency_s: float | None = None,
+    seed: int = 0,
+    last_k: int | None = None,
+    config: Any = None,
+    model_module: Any = None,
+) -> PlanResult:
+    """Choose what to train so that one training step fits ``budget_bytes`` on ``target``.
+
+    ``max_flops`` bounds forward + backward FLOPs of the step; ``max_latency_s`` bounds the target's
+    latency estimate. ``config`` (with ``model_module``) is a tiny-training sparse-update config.
+    """
+    if budget_bytes <= 0:
+        raise InputError(f"the budget must be positive, got {budget_bytes} bytes")
+    layout = mcu_layout(graph, target) if target.family == "mcu" else None
+    notes: list[str] = []
+    if strategy.startswith("config:") or config is not None:
+        if model_module is None:
+            raise InputError("a sparse-update config needs the model to resolve layer indices")
+        update = from_sparse_update_config(config if config is not None else strategy[len("config:"):],
+                                           model_module)
+        est = _price(graph, update, target, optimizer, reorder, budget_bytes, layout)
+        return PlanResult("config", "-", budget_bytes, update, est, 0.0, 0, 0, notes=notes)
+    if strategy not in STRATEGIES:
+        raise InputError(f"unknown strategy '{strategy}'; use one of: {', '.join(STRATEGIES)}, config:PATH")
+    if strategy in ("full", "bias-only", "last-k"):
+        update = _fixed_set(strategy, graph, last_k)
+        est = _price(graph, update, target, optimizer, reorder, budget_bytes, layout)
+        return PlanResult(strategy, "-", budget_bytes, update, est, 0.0, 0, 0, notes=notes)
+
+    if target.family != "mcu":
+        raise InputError(f"strategy '{strategy}' needs a linear cost model, which exists for 'mcu' targets "
+                         f"only so far ('{target.name}' is '{target.family}'); use --strategy full, "
+                         "bias-only, last-k or config:PATH there")
+    model = linear_cost_mcu(graph, target, optimizer=optimizer, reorder=reorder, layout=layout)
+    score = group_scores(model, scores)
+    score_name = scores if isinstance(scores, str) else "user"
+    flop_cap = None
+    if max_flops is not None:
+        flop_cap = max_flops - model.forward_flops
+    if max_latency_s is not None:
+        latency_cap = 2 * max_latency_s * target.macs_per_second - model.forward_flops
+        flop_cap = latency_cap if flop_cap is None else min(flop_cap, latency_cap)
+    if flop_cap is not None and flop_cap < 0:
+        raise InputError("the FLOP/latency bound is below the forward pass alone; nothing can be trained")
+
+    solver_info: dict[str, Any] | None = None
+    if strategy == "ilp":
+        values, solver_info = _solve_ilp(model, score, budget_bytes, flop_cap, solver, time_limit, gap)
+    else:
+        groups = [g for g in model.groups if score[g.var] > 0]
+        if strategy == "greedy":
+            # the seed's order: score per parameter, best first; ties: later layers (cheaper) first
+            position = {g.var: i for i, g in enumerate(model.groups)}
+            groups.sort(key=lambda g: (-score[g.var] / g.elements, -position[g.var]))
+        else:
+            random.Random(seed).shuffle(groups)
+        values = _fill(model, [g.var for g in groups], budget_bytes, flop_cap)
+
+    update = update_from_values(model, values, graph)
+    est = _price(graph, update, target, optimizer, reorder, budget_bytes, layout)
+    assignment = model.assignment(update, graph)
+    bound = max((v for _, v in model.evaluate(assignment)), default=0.0)
+    selected = sum(1 for g in model.groups if values.get(g.var))
+    objective = sum(score[g.var] for g in model.groups if values.get(g.var))
+    if est.peak_bytes > budget_bytes and not update.is_empty:
+        notes.append("the exact re-pricing exceeds the budget although the bound fit: please report this")
+    return PlanResult(strategy, score_name, budget_bytes, update, est, objective, selected, len(model.groups),
+                      solver=solver_info, bound_peak_bytes=bound, notes=notes)
+
+
+@dataclass
+class _Counted:
+    """Groups of one parameter that are interchangeable: identical coefficients in every cost expression
+    (the cost model depends on how many rows are trained, not which). They are decided by one integer
+    count ``n`` = sum of ``2^j · bit_j``; the best-scored ``n`` groups are the ones trained."""
+
+    parameter: str
+    members: list[str]  # group variables, best score first
+    bits: list[str]
+    coefficient_scale: dict[str, float]  # not used: coefficients are read from the first member
+
+
+def _interchangeable(model: LinearCostModel) -> dict[str, list[str]]:
+    """Per grouped parameter, the group variables whose coefficients are identical everywhere."""
+    signature: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    exprs = [model.persistent, model.backward_flops] + [expr for _, expr in model.points]
+    for i, expr in enumerate(exprs):
+        for v, c in expr.terms.items():
+            signature[v].append((i, c))
+    implied: dict[str, list[str]] = defaultdict(list)
+    for imp in model.implications:
+        implied[imp.lhs].append(imp.rhs)
+    classes: dict[tuple, list[str]] = defaultdict(list)
+    for g in model.groups:
+        if g.whole:
+            continue
+        key = (g.parameter, tuple(signature.get(g.var, ())), tuple(sorted(implied.get(g.var, ()))))
+        classes[key].append(g.var)
+    return {f"{key[0]}|{n}": members for n, (key, members) in enumerate(classes.items()) if len(members) > 1}
+
+
+def _solve_ilp(model: LinearCostModel, score: dict[str, float], budget: int, flop_cap: float | None,
+               solver: str, time_limit: float | None, gap: float | None) -> tuple[dict[str, int], dict[str, Any]]:
+    """Build and solve the ILP. Interchangeable groups of a parameter are replaced by a binary-encoded
+    count (an exact reformulation: see :class:`_Counted`), which removes the solver's symmetric branches
+    and shrinks the model from thousands of group variables to a few per layer."""
+    counted: list[_Counted] = []
+    replace: dict[str, list[tuple[str, float]]] = {}  # group var -> [(bit var, weight)] (its share)
+    extra_constraints: list[Constraint] = []
+    extra_continuous: list[str] = []
+    objective: dict[str, float] = {}
+    for n, (name, members) in enumerate(sorted(_interchangeable(model).items())):
+        members = sorted(members, key=lambda v: (-score.get(v, 0.0), v))
+        width = max(1, math.ceil(math.log2(len(members) + 1)))
+        bits = [f"n{n}_b{j}" for j in range(width)]
+        counted.append(_Counted(name, members, bits, {}))
+        count = {bit: float(2 ** j) for j, bit in enumerate(bits)}
+        extra_constraints.append(Constraint(f"count_{n}_at_most_groups", LinearExpr(count), float(len(members)),
+                                            "groups"))
+        for v in members:
+            replace[v] = [(bit, w) for bit, w in count.items()]
+        scores = [score.get(v, 0.0) for v in members]
+        if len(set(scores)) == 1:
+            for bit, w in count.items():
+                objective[bit] = objective.get(bit, 0.0) + scores[0] * w
+        else:  # concave: the sum of the best n scores, bounded by its tangent lines
+            gain = f"n{n}_score"
+            extra_continuous.append(gain)
+            objective[gain] = 1.0
+            prefix = 0.0
+            for j, s_next in enumerate(scores):
+                terms = {gain: 1.0, **{bit: -s_next * w for bit, w in count.items()}}
+                extra_constraints.append(Constraint(f"count_{n}_score_{j}", LinearExpr(terms),
+                                                    prefix - s_next * j, "score"))
+                prefix += s_next
+    for v, sc in score.items():
+        if v not in replace and sc:
+            objective[v] = objective.get(v, 0.0) + sc
+
+    def rewrite(expr: LinearExpr, extra: Mapping[str, float] | None = None) -> LinearExpr:
+        terms: dict[str, float] = defaultdict(float)
+        seen: set[str] = set()
+        for v, c in expr.terms.items():
+            if v in replace:
+                # all members share this coefficient: c * count, counted once per class
+                cls = replace[v][0][0]
+                if cls in seen:
+                    continue
+                seen.add(cls)
+                for bit, w in replace[v]:
+                    terms[bit] += c * w
+            else:
+                terms[v] += c
+        for v, c in (extra or {}).items():
+            terms[v] += c
+        return LinearExpr(dict(terms), expr.constant)
+
+    def rewrite_points(expr: LinearExpr, extra: Mapping[str, float] | None = None) -> LinearExpr:
+        # an expression holds either every member of a class with one coefficient or none of them
+        return rewrite(expr, extra)
+
+    constraints = [Constraint("held_bytes_definition", rewrite(model.persistent, {_PERSISTENT: -1.0}), 0.0,
+                              "bytes")]
+    for i, (label, expr) in enumerate(model.points):
+        constraints.append(Constraint(f"live_bytes_{i:04d}_{label}", rewrite_points(expr, {_PERSISTENT: 1.0}),
+                                      float(budget), "bytes"))
+    if flop_cap is not None:
+        constraints.append(Constraint("backward_flops", rewrite(model.backward_flops), float(flop_cap), "FLOPs"))
+    constraints += extra_constraints
+    implications: list[Implication] = []
+    for imp in model.implications:
+        if imp.lhs in replace:
+            # "some member trained => rhs": count <= members * rhs
+            cls = next(c for c in counted if imp.lhs in c.members)
+            if imp.lhs != cls.members[0]:
+                continue
+            terms = {bit: float(2 ** j) for j, bit in enumerate(cls.bits)}
+            terms[imp.rhs] = terms.get(imp.rhs, 0.0) - len(cls.members)
+            constraints.append(Constraint(f"{imp.name}_count", LinearExpr(terms), 0.0, "groups"))
+        else:
+            implications.append(imp)
+    binaries = [v for v in model.binaries if v not in replace] + [b for c in counted for b in c.bits]
+    problem = SelectionProblem(binaries=binaries, objective=LinearExpr(objective), constraints=constraints,
+                               implications=implications, continuous=[_PERSISTENT, *extra_continuous])
+    started = time.perf_counter()
+    result: SolveResult = solve(problem, solver=solver, time_limit=time_limit, gap=gap)
+    values = {v: x for v, x in result.values.items() if v not in {b for c in counted for b in c.bits}}
+    for c in counted:
+        n = sum(2 ** j * result.values.get(bit, 0) for j, bit in enumerate(c.bits))
+        for v in c.members[:n]:
+            values[v] = 1
+    info = {"name": result.solver, "status": result.status, "objective": result.objective, "gap": result.gap,
+            "seconds": round(time.perf_counter() - started, 3), "message": result.message,
+            "variables": len(binaries), "group_variables": len(model.groups), "constraints": len(constraints)}
+    return values, info
