@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	$(VENV)/bin/budgetplan inspect mobilenetv2-w0.35 --target cortex-m7 --ram 256k
+	$(VENV)/bin/budgetplan analyze mobilenetv2-w0.35 --target cortex-m7 --ram 256k
 
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider

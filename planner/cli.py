@@ -428,6 +428,188 @@ def measure(
                       "tensors (budgetplan.compile makes subsets real)", soft_wrap=True)
 
 
+def _scores_arg(text: str) -> Any:
+    """``params``/``uniform``, or a JSON file mapping parameter → per-group scores (or one number)."""
+    if text in ("params", "uniform"):
+        return text
+    path = Path(text)
+    if not path.is_file():
+        raise InputError(f"unknown --objective '{text}'; use params, uniform or a JSON scores file")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{text} is not a JSON scores file: {exc}") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{text}: scores must be a JSON object mapping parameter names to scores")
+    return data
+
+
+@app.command()
+@_one_line_errors
+def analyze(
+    model: ModelArg,
+    target: TargetOpt = "cortex-m7",
+    ram: RamOpt = None,
+    objective: Annotated[str, typer.Option("--objective", metavar="params|uniform|FILE",
+                                           help="Group scores to maximise: params (parameters trained), "
+                                                "uniform, or a JSON file parameter -> scores.")] = "params",
+    strategy: Annotated[str, typer.Option("--strategy", metavar="STRATEGY",
+                                          help="ilp, greedy, random, bias-only, last-k, full or "
+                                               "config:PATH (tiny-training sparse-update config).")] = "ilp",
+    solver: Annotated[str, typer.Option("--solver", metavar="auto|cbc|highs")] = "auto",
+    time_limit: Annotated[float | None, typer.Option("--time-limit", metavar="SECONDS", min=0.01)] = None,
+    gap: Annotated[float | None, typer.Option("--gap", metavar="FRACTION", min=0.0,
+                                              help="Relative MIP gap to stop at (default: prove optimality).")]
+    = None,
+    max_flops: Annotated[float | None, typer.Option("--max-flops", metavar="FLOPS", min=0,
+                                                    help="Bound on forward+backward FLOPs per step.")] = None,
+    max_latency: Annotated[float | None, typer.Option("--max-latency", metavar="SECONDS", min=0,
+                                                      help="Bound on the target's latency estimate.")] = None,
+    last_k: Annotated[int | None, typer.Option("--last-k", metavar="K", min=1,
+                                               help="Layers for --strategy last-k (default: all).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of --strategy random.")] = 0,
+    optimizer: OptimizerOpt = "sgd",
+    no_reorder: Annotated[bool, typer.Option("--no-reorder", help="mcu targets: no operator reordering.")] = False,
+    group_size: GroupOpt = 1,
+    input_shape: ShapeOpt = None,
+    weights: WeightsOpt = None,
+    trust_pickle: TrustOpt = False,
+    trace: TraceOpt = "auto",
+    out: Annotated[str | None, typer.Option("--out", metavar="PATH", help="Write the plan file.")] = None,
+    html: Annotated[str | None, typer.Option("--html", metavar="PATH", help="Write an HTML report.")] = None,
+    all_layers: Annotated[bool, typer.Option("--all", help="List every weight layer, not only trained ones.")]
+    = False,
+    json_out: JsonOpt = None,
+    force: ForceOpt = False,
+) -> None:
+    """Choose the neurons to train under a RAM budget; exit 1 when nothing fits."""
+    from budgetplan.estimate import OPTIMIZERS
+    from budgetplan.pipeline import analyze_model
+    from budgetplan.plan_file import dumps_plan
+
+    for path in (json_out, out, html):
+        _check_output_path(path, force)
+    if trace not in ("auto", "fx", "export"):
+        raise InputError(f"unknown --trace '{trace}'; use auto, fx or export")
+    if optimizer not in OPTIMIZERS:
+        raise InputError(f"unknown optimizer '{optimizer}'; use one of: {', '.join(OPTIMIZERS)}")
+    scores = _scores_arg(objective)
+    with console.status("tracing, pricing and solving…", spinner="dots"), _quiet_torch():
+        analysis = analyze_model(model, target=target, ram=ram, strategy=strategy, scores=scores,
+                                 optimizer=optimizer, reorder=not no_reorder, solver=solver, time_limit=time_limit,
+                                 gap=gap, max_flops=max_flops, max_latency_s=max_latency, last_k=last_k, seed=seed,
+                                 input_shape=_shape(input_shape), weights=weights, trust_pickle=trust_pickle,
+                                 trace=trace, group_size=group_size)  # type: ignore[arg-type]
+    plan, doc = analysis.plan, analysis.document
+    if out is not None:
+        _write_text(dumps_plan(doc), out)
+    if html is not None:
+        from budgetplan.report_html import render_html
+
+        _write_text(render_html(doc), html)
+    if json_out is not None:
+        data = dict(doc)
+        data.pop("timeline", None)
+        data["timeline"] = doc["timeline"]
+        data["solver"] = plan.solver  # with wall time (not in the plan file, which must be reproducible)
+        _write_json(data, json_out)
+        if json_out == "-":
+            raise typer.Exit(0 if plan.fits and not plan.update.is_empty else 1)
+
+    table = Table(title=Text(f"{doc['model']['source']} on {analysis.target.name}: {plan.strategy} plan"))
+    for col, justify in (("layer", "left"), ("op", "left"), ("groups", "right"), ("trained params", "right"),
+                         ("fwd MACs", "right")):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for row in doc["layers"]:
+        if not all_layers and not row["groups_selected"]:
+            continue
+        table.add_row(Text(row["layer"]), row["op"], f"{row['groups_selected']}/{row['groups_total']}",
+                      f"{row['trained_elements']:,}", _si(row["flops"] / 2))
+    console.print(table)
+    trained = sum(plan.estimate.trained_parameters.values())
+    total = sum(m.numel for m in analysis.model_graph.graph.parameters.values())
+    verdict = "[green]fits[/]" if plan.fits else "[red]does not fit[/]"
+    console.print(f"peak {format_bytes(plan.estimate.peak_bytes)} vs budget {format_bytes(plan.budget_bytes)}: "
+                  f"{verdict} (at {escape(plan.estimate.peak_at)}) · trained {trained:,} of {total:,} parameters "
+                  f"({100 * trained / max(total, 1):.2f} %) in {len(plan.update)} tensors", soft_wrap=True)
+    if plan.solver:
+        s = plan.solver
+        gap_text = "n/a" if s["gap"] is None else f"{100 * s['gap']:.3g} %"
+        console.print(f"solver {s['name']}: {s['status']} · objective {s['objective']} · gap {gap_text} · "
+                      f"{s['seconds']:.2f} s · {s['variables']} variables ({s['group_variables']} groups), "
+                      f"{s['constraints']} constraints", soft_wrap=True)
+    for note in doc["notes"]:
+        console.print(f"note: {note}", markup=False, soft_wrap=True)
+    if not plan.fits or plan.update.is_empty:
+        raise typer.Exit(1)
+
+
+def _write_text(text: str, path: str) -> None:
+    try:
+        Path(path).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    err_console.print(f"wrote {path}", markup=False, soft_wrap=True)
+
+
+def _junit(items: list[Any], model: str) -> str:
+    from xml.sax.saxutils import escape as xml_escape, quoteattr
+
+    failures = sum(1 for i in items if not i.passed)
+    lines = ['<?xml version="1.0" encoding="UTF-8"?>',
+             f'<testsuite name="budgetplan check" tests="{len(items)}" failures="{failures}">']
+    for item in items:
+        lines.append(f'  <testcase classname={quoteattr("budgetplan." + model)} name={quoteattr(item.name)}>')
+        if not item.passed:
+            lines.append(f'    <failure message={quoteattr(item.message)}>{xml_escape(item.message)}</failure>')
+        lines.append("  </testcase>")
+    lines.append("</testsuite>")
+    return "\n".join(lines) + "\n"
+
+
+@app.command()
+@_one_line_errors
+def check(
+    model: ModelArg,
+    target: TargetOpt = "cortex-m7",
+    ram: RamOpt = None,
+    plan: Annotated[str | None, typer.Option("--plan", metavar="PATH", help="A plan file that must still fit.")]
+    = None,
+    min_update: Annotated[float | None, typer.Option("--min-update", metavar="PCT",
+                                                     help="Require at least PCT % of parameters trainable.")]
+    = None,
+    optimizer: OptimizerOpt = "sgd",
+    input_shape: ShapeOpt = None,
+    weights: WeightsOpt = None,
+    trust_pickle: TrustOpt = False,
+    trace: TraceOpt = "auto",
+    junit: Annotated[str | None, typer.Option("--junit", metavar="PATH", help="Write a JUnit XML report.")]
+    = None,
+    json_out: JsonOpt = None,
+    force: ForceOpt = False,
+) -> None:
+    """CI gate: exit 0 when the model fits the device, 1 when it does not, 2 on input errors."""
+    from budgetplan.pipeline import check_model
+
+    for path in (json_out, junit):
+        _check_output_path(path, force)
+    with _quiet_torch():
+        items = check_model(model, target=target, ram=ram, plan=plan, min_update_pct=min_update,
+                            optimizer=optimizer, input_shape=_shape(input_shape), weights=weights,
+                            trust_pickle=trust_pickle, trace=trace)  # type: ignore[arg-type]
+    passed = all(i.passed for i in items)
+    if junit is not None:
+        _write_text(_junit(items, model), junit)
+    if json_out is not None:
+        _write_json({"passed": passed, "checks": [{"name": i.name, "passed": i.passed, "message": i.message}
+                                                  for i in items]}, json_out)
+    if json_out != "-":
+        for item in items:
+            mark = "[green]PASS[/]" if item.passed else "[red]FAIL[/]"
+            console.print(f"{mark} {item.name}: {escape(item.message)}", soft_wrap=True)
+    raise typer.Exit(0 if passed else 1)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -48,7 +48,8 @@ class McuLayout:
     storage_bytes: dict[int, int]
     input_storages: set[int]
     producer_index: dict[int, int]  # storage -> index of the layer that creates it (-1: model input)
-    last_use: dict[int, int]
+    last_use: dict[int, int]  # with fusion: a conv's buffer lives as long as its fused outputs
+    dataflow_last_use: dict[int, int]  # without fusion: the last layer reading this very storage
     inputs: dict[str, list[int]]
     saved: dict[str, list[McuSaved]]
     param_owner: dict[str, str]
@@ -95,6 +96,7 @@ def mcu_layout(graph: LayerGraph, target: Target) -> McuLayout:
             last_use[key] = i
     for key in graph.output_storages:
         last_use[key] = len(layers) - 1
+    dataflow_last_use = dict(last_use)
     for fused_key, conv_key in fusion.items():
         last_use[conv_key] = max(last_use.get(conv_key, 0), last_use.get(fused_key, 0))
 
@@ -115,7 +117,7 @@ def mcu_layout(graph: LayerGraph, target: Target) -> McuLayout:
     return McuLayout(
         layers=layers, index_of=index_of, storage_bytes=storage_bytes,
         input_storages={k for k, s in storages.items() if s.is_input}, producer_index=producer_index,
-        last_use=last_use, inputs=inputs, saved=saved, param_owner=param_owner, activation_bytes=act_bytes,
+        last_use=last_use, dataflow_last_use=dataflow_last_use, inputs=inputs, saved=saved, param_owner=param_owner, activation_bytes=act_bytes,
         gradient_bytes=target.dtype_bytes("gradient"),
     )
 

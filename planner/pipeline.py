@@ -23,6 +23,8 @@ from budgetplan.forward import ForwardReport, forward_report
 from budgetplan.graph import LayerGraph, build_layer_graph
 from budgetplan.loading import LoadedModel, load_model
 from budgetplan.measure import Measurement, measure_step
+from budgetplan.plan_file import plan_document
+from budgetplan.planning import PlanResult, plan_update
 from budgetplan.targets import Target, load_target
 from budgetplan.tracing import TracedModel, TraceMethod, trace_model
 from budgetplan.units import parse_bytes
@@ -217,3 +219,111 @@ def measure_training(
     eager = measure_step(mg.loaded.module, inputs, update_set, optimizer=optimizer)
     traced = measure_step(mg.traced.graph_module, inputs, update_set, optimizer=optimizer)
     return MeasureComparison(mg.name, optimizer, prediction, eager, traced)
+
+
+@dataclass
+class Analysis:
+    """The outcome of ``budgetplan analyze``: the plan, its priced result and the plan document."""
+
+    plan: PlanResult
+    document: dict[str, object]
+    model_graph: ModelGraph
+    target: Target
+
+
+def analyze_model(
+    source: ModelSource,
+    *,
+    target: str | os.PathLike | Target = "cortex-m7",
+    ram: str | int | None = None,
+    strategy: str = "ilp",
+    scores: str | dict[str, object] = "params",
+    optimizer: str = "sgd",
+    reorder: bool = True,
+    solver: str = "auto",
+    time_limit: float | None = None,
+    gap: float | None = None,
+    max_flops: float | None = None,
+    max_latency_s: float | None = None,
+    last_k: int | None = None,
+    seed: int = 0,
+    input_shape: tuple[int, ...] | None = None,
+    weights: str | os.PathLike | None = None,
+    trust_pickle: bool = False,
+    trace: TraceMethod = "auto",
+    group_size: int = 1,
+) -> Analysis:
+    """Choose what to train under the budget and price it (what ``budgetplan analyze`` does)."""
+    device = resolve_target(target)
+    budget = resolve_budget(device, ram)
+    mg = trace_source(source, input_shape=input_shape, weights=weights, trust_pickle=trust_pickle, trace=trace,
+                      group_size=group_size)
+    config = None
+    if strategy.startswith("config:"):
+        config, strategy = strategy[len("config:"):], "config"
+    plan = plan_update(mg.graph, device, budget, strategy=strategy, scores=scores, optimizer=optimizer,
+                       reorder=reorder, solver=solver, time_limit=time_limit, gap=gap, max_flops=max_flops,
+                       max_latency_s=max_latency_s, seed=seed, last_k=last_k, config=config,
+                       model_module=mg.loaded.module)
+    document = plan_document(plan, mg.graph, device, model=mg.name, optimizer=optimizer, reorder=reorder)
+    return Analysis(plan, document, mg, device)
+
+
+@dataclass
+class CheckItem:
+    """One CI check: its name, whether it passed, and a one-line explanation."""
+
+    name: str
+    passed: bool
+    message: str
+
+
+def check_model(
+    source: ModelSource,
+    *,
+    target: str | os.PathLike | Target = "cortex-m7",
+    ram: str | int | None = None,
+    plan: str | os.PathLike | None = None,
+    min_update_pct: float | None = None,
+    optimizer: str = "sgd",
+    input_shape: tuple[int, ...] | None = None,
+    weights: str | os.PathLike | None = None,
+    trust_pickle: bool = False,
+    trace: TraceMethod = "auto",
+) -> list[CheckItem]:
+    """The checks of ``budgetplan check``: inference fits; a given plan still fits this model; at least
+    ``min_update_pct`` % of the parameters can be trained within the budget."""
+    from budgetplan.plan_file import check_fingerprint, read_plan
+
+    device = resolve_target(target)
+    budget = resolve_budget(device, ram)
+    document = read_plan(plan) if plan is not None else None
+    group_size = int(document["model"].get("group_size", 1)) if document else 1
+    mg = trace_source(source, input_shape=input_shape, weights=weights, trust_pickle=trust_pickle, trace=trace,
+                      group_size=group_size)
+    items: list[CheckItem] = []
+    report = forward_report(mg.graph, device, model=mg.name, budget_bytes=budget)
+    peak = report.totals.inference_peak_bytes
+    items.append(CheckItem("inference", peak <= budget,
+                           f"inference activation peak {peak} bytes vs budget {budget} bytes on {device.name}"))
+    if document is not None:
+        check_fingerprint(document, mg.graph, plan)
+        update = from_plan_json(document, mg.loaded.module)
+        est = estimate_update(mg.graph, update, device, optimizer=str(document.get("optimizer", optimizer)),
+                              budget_bytes=budget, reorder=bool(document.get("reorder", True)))
+        items.append(CheckItem("plan", est.peak_bytes <= budget,
+                               f"training with {plan}: peak {est.peak_bytes} bytes vs budget {budget} bytes"))
+    if min_update_pct is not None:
+        if not 0 <= min_update_pct <= 100:
+            raise InputError(f"--min-update must be a percentage in [0, 100], got {min_update_pct}")
+        result = plan_update(mg.graph, device, budget, strategy="ilp", optimizer=optimizer) \
+            if device.family == "mcu" else None
+        total = sum(m.numel for m in mg.graph.parameters.values())
+        if result is None:
+            raise InputError("--min-update needs the planner, which supports 'mcu' targets so far")
+        trained = sum(result.estimate.trained_parameters.values())
+        share = 100.0 * trained / total if total else 0.0
+        items.append(CheckItem("min-update", result.fits and share >= min_update_pct,
+                               f"{share:.2f} % of parameters trainable within the budget "
+                               f"(required {min_update_pct:g} %)"))
+    return items

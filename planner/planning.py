@@ -170,6 +170,18 @@ class _Fill:
         return False
 
 
+def smallest_useful_budget(model: LinearCostModel) -> tuple[float, str | None]:
+    """The smallest bound on the peak with exactly one group trained, and that group's variable."""
+    best: tuple[float, str | None] = (math.inf, None)
+    for g in model.groups:
+        fill = _Fill(model, math.inf, None)
+        fill.try_add(g.var)
+        peak = fill.held + max(fill.point_values, default=0.0)
+        if peak < best[0]:
+            best = (peak, g.var)
+    return best
+
+
 def _fill(model: LinearCostModel, order: list[str], budget: float, max_flops: float | None) -> dict[str, int]:
     fill = _Fill(model, budget, max_flops)
     for var in order:
@@ -225,7 +237,7 @@ def plan_update(
         raise InputError(f"the budget must be positive, got {budget_bytes} bytes")
     layout = mcu_layout(graph, target) if target.family == "mcu" else None
     notes: list[str] = []
-    if strategy.startswith("config:") or config is not None:
+    if strategy == "config" or strategy.startswith("config:") or config is not None:
         if model_module is None:
             raise InputError("a sparse-update config needs the model to resolve layer indices")
         update = from_sparse_update_config(config if config is not None else strategy[len("config:"):],
@@ -269,6 +281,12 @@ def plan_update(
         values = _fill(model, [g.var for g in groups], budget_bytes, flop_cap)
 
     update = update_from_values(model, values, graph)
+    if update.is_empty:
+        smallest, var = smallest_useful_budget(model)
+        if var is not None:
+            group = next(g for g in model.groups if g.var == var)
+            notes.append(f"nothing can be trained within {budget_bytes} bytes; the cheapest single group "
+                         f"({group.parameter} rows {group.start}:{group.stop}) needs {int(smallest)} bytes")
     est = _price(graph, update, target, optimizer, reorder, budget_bytes, layout)
     assignment = model.assignment(update, graph)
     bound = max((v for _, v in model.evaluate(assignment)), default=0.0)
