@@ -50,6 +50,7 @@ class McuLayout:
     producer_index: dict[int, int]  # storage -> index of the layer that creates it (-1: model input)
     last_use: dict[int, int]  # with fusion: a conv's buffer lives as long as its fused outputs
     dataflow_last_use: dict[int, int]  # without fusion: the last layer reading this very storage
+    fused_into: dict[int, int]  # output of a fused BatchNorm/ReLU -> the conv output it shares a buffer with
     inputs: dict[str, list[int]]
     saved: dict[str, list[McuSaved]]
     param_owner: dict[str, str]
@@ -117,7 +118,8 @@ def mcu_layout(graph: LayerGraph, target: Target) -> McuLayout:
     return McuLayout(
         layers=layers, index_of=index_of, storage_bytes=storage_bytes,
         input_storages={k for k, s in storages.items() if s.is_input}, producer_index=producer_index,
-        last_use=last_use, dataflow_last_use=dataflow_last_use, inputs=inputs, saved=saved, param_owner=param_owner, activation_bytes=act_bytes,
+        last_use=last_use, dataflow_last_use=dataflow_last_use, fused_into=fusion, inputs=inputs, saved=saved,
+        param_owner=param_owner, activation_bytes=act_bytes,
         gradient_bytes=target.dtype_bytes("gradient"),
     )
 
@@ -168,8 +170,10 @@ def estimate_mcu(
             if not size:
                 continue
             saved_total += size
-            if item.key is not None and size >= lay.storage_bytes.get(item.key, 0):
-                kept_until.setdefault(item.key, i)
+            # keeping a fused layer's output keeps its conv's buffer
+            root = None if item.key is None else lay.fused_into.get(item.key, item.key)
+            if root is not None and size >= lay.storage_bytes.get(root, 0):
+                kept_until.setdefault(root, i)
             else:
                 separate[layer.name] = separate.get(layer.name, 0) + size
 
@@ -210,8 +214,9 @@ def estimate_mcu(
             continue
         i = lay.index_of[layer.name]
         for key in lay.inputs[layer.name]:
-            if key in grad_into and key not in act_grads:
-                act_grads[key] = storages[key].numel * lay.gradient_bytes
+            root = lay.fused_into.get(key, key)  # a fused layer's gradient shares its conv's buffer
+            if key in grad_into and root not in act_grads:
+                act_grads[root] = storages[root].numel * lay.gradient_bytes
         layer_grad = grads_by_layer.get(layer.name, 0)
         held_grads += 0 if reorder else layer_grad
         point("backward", layer.name, sum(act_grads.values()) + (layer_grad if reorder else held_grads))

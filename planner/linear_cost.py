@@ -209,6 +209,7 @@ def linear_cost_mcu(
 
     # What is kept: keyed (whole activation, lifetime extended) or separate buffers.
     kept_var: dict[int, str] = {}
+    grad_vars: list[str] = []
     earliest_saver: dict[int, int] = {}
     separate: dict[int, _Expr] = defaultdict(_Expr)  # saver index -> bytes of its separate buffers
     for i, layer in enumerate(layers):
@@ -226,13 +227,31 @@ def linear_cost_mcu(
                 for g in by_param.get(layer.weight or "", ()):
                     separate[i].add(g.var, math.ceil(item.nbytes * (g.stop - g.start) / weight_rows))
                 continue
-            if item.key is not None and item.nbytes >= lay.storage_bytes.get(item.key, 0) and \
-                    lay.storage_bytes.get(item.key, 0) > 0:
-                kvar = kept_var.setdefault(item.key, f"k{len(kept_var)}")
+            root = None if item.key is None else lay.fused_into.get(item.key, item.key)
+            if root is not None and item.nbytes >= lay.storage_bytes.get(root, 0):
+                kvar = kept_var.setdefault(root, f"k{len(kept_var)}")  # a fused output keeps its conv's buffer
                 implications.append(Implication(f"keep_{layer.fx_name}_{n}", cond, kvar))
-                earliest_saver[item.key] = min(earliest_saver.get(item.key, i), i)
+                earliest_saver[root] = min(earliest_saver.get(root, i), i)
             else:
                 separate[i].add(cond, item.nbytes)
+
+    # Activation-gradient buffers: one per storage, shared by a conv's output and the BatchNorm/ReLU fused
+    # into it; it exists when any of them receives a gradient.
+    members: dict[int, list[int]] = defaultdict(list)
+    for key in storages:
+        if r(key) is not None:
+            members[lay.fused_into.get(key, key)].append(key)
+    grad_buffers: dict[int, tuple[str, int]] = {}
+    for root, keys in members.items():
+        last = max(lay.dataflow_last_use.get(k, -1) for k in keys)
+        if keys == [root]:
+            grad_buffers[root] = (r(root), last)  # type: ignore[assignment]
+            continue
+        gvar = f"g{len(grad_buffers)}"
+        for k in keys:
+            implications.append(Implication(f"grad_buffer_{gvar}_{r(k)}", r(k), gvar))  # type: ignore[arg-type]
+        grad_buffers[root] = (gvar, last)
+        grad_vars.append(gvar)
 
     points: list[tuple[str, LinearExpr]] = []
     end = len(layers) - 1
@@ -262,11 +281,8 @@ def linear_cost_mcu(
         for j, expr in separate.items():
             if j <= i:
                 e.add_expr(expr)
-        for key in storages:
-            var = r(key)
-            if var is None:
-                continue
-            if lay.producer_index[key] <= i <= lay.dataflow_last_use.get(key, -1):
+        for key, (var, last) in grad_buffers.items():
+            if lay.producer_index[key] <= i <= last:
                 e.add(var, storages[key].numel * grad_bytes)
         for name in trained_var:
             owner = lay.index_of.get(lay.param_owner.get(name, ""), -1)
@@ -301,7 +317,7 @@ def linear_cost_mcu(
                         flops.add(var, f)
 
     binaries = [g.var for g in groups] + sorted(set(any_var.values())) + sorted(r_names.values()) + \
-        sorted(kept_var.values())
+        sorted(kept_var.values()) + grad_vars
     return LinearCostModel(
         groups=groups, any_var=any_var, trained_var=trained_var, binaries=binaries,
         implications=implications, persistent=persistent.freeze(), points=points,
