@@ -119,7 +119,10 @@ def resolve_update(model: nn.Module, spec: str | os.PathLike | UpdateSet | None)
         if isinstance(data, dict) and "update" in data:
             return from_plan_json(data, model)
         return from_sparse_update_config(data, model)
-    return from_patterns(model, split_patterns(text))
+    patterns = split_patterns(text)
+    if not patterns:
+        raise InputError("empty update spec; give patterns such as 'layer4.*,*.bias', 'all', or a JSON file")
+    return from_patterns(model, patterns)
 
 
 def estimate_training(
@@ -217,7 +220,10 @@ def measure_training(
     prediction = estimate_host(mg.graph, update_set, host, optimizer=optimizer, model=mg.name)
     inputs = mg.loaded.example_inputs
     eager = measure_step(mg.loaded.module, inputs, update_set, optimizer=optimizer)
-    traced = measure_step(mg.traced.graph_module, inputs, update_set, optimizer=optimizer)
+    # the traced program holds only the parameters its forward uses
+    in_program = {name for name, _ in mg.traced.graph_module.named_parameters()}
+    traced_update = UpdateSet({n: c for n, c in update_set.entries.items() if n in in_program})
+    traced = measure_step(mg.traced.graph_module, inputs, traced_update, optimizer=optimizer)
     return MeasureComparison(mg.name, optimizer, prediction, eager, traced)
 
 

@@ -696,15 +696,12 @@ def test_json_file_needs_force(tmp_path: Path, command: str) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="bug: measure validates the update set against the traced module, "
-                                       "which has no unused parameters")
 def test_measure_model_with_unused_parameter(in_models: Any) -> None:
     data = run_json("measure", f"{MOD}:Unused")  # the default update set: all
     rows = check_comparison(data)
     assert rows["parameter gradients (bytes)"]["measured_eager"] == 4 * (8 * 4 + 4)  # only `a` gets a .grad
 
 
-@pytest.mark.xfail(strict=True, reason="bug: an empty --update trains nothing, silently")
 def test_empty_update_spec_is_an_error() -> None:
     assert_cli_error(invoke("estimate", "tinycnn", "--update", ""), "update")
 
