@@ -432,18 +432,18 @@ def _strip_svg(total: int, selected: Sequence[int], per_line: int, pitch: int, g
         count = min(per_line, total - line * per_line)
         out.append(f'<rect class="off" x="0" y="{line * pitch}" width="{count * pitch}" height="{cell}" '
                    f'fill="url(#gm-cells-{pitch})"/>')
-    for first, last in _ranges(selected):
+    runs = _ranges(selected)
+    tips = len(runs) <= 64  # a tooltip per run while there are few; the row's own tooltip lists them all
+    for first, last in runs:
         a = first
         while a <= last:  # split runs at line ends
             line = a // per_line
             b = min(last, (line + 1) * per_line - 1)
             col = a - line * per_line
             cells = b - a + 1
+            tip = ("<title>" + (f"groups {a}–{b}" if cells > 1 else f"group {a}") + "</title>") if tips else ""
             out.append(f'<rect class="on" data-first="{a}" data-cells="{cells}" x="{col * pitch}" '
-                       f'y="{line * pitch}" width="{cells * pitch - gap}" height="{cell}">'
-                       f'<title>groups {a}–{b}</title></rect>' if cells > 1 else
-                       f'<rect class="on" data-first="{a}" data-cells="1" x="{col * pitch}" y="{line * pitch}" '
-                       f'width="{cell}" height="{cell}"><title>group {a}</title></rect>')
+                       f'y="{line * pitch}" width="{cells * pitch - gap}" height="{cell}">{tip}</rect>')
             a = b + 1
     out.append("</svg>")
     return "".join(out)
