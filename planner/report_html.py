@@ -679,7 +679,10 @@ def _cards(document: Mapping[str, Any]) -> str:
         ("budget", _bytes(budget), f"{_int(budget)} B, {_fraction(peak or 0, budget or 0)} used"),
         ("headroom", head_text, "budget − peak"),
         ("groups selected", f"{_int(groups.get('selected'))} / {_int(groups.get('total'))}",
-         "neuron groups of every trained parameter"),
+         "decision units of the planner") if groups.get("total") else
+        ("weight groups trained",
+         f"{_int(sum(int(r.get('groups_selected') or 0) for r in layers))} / "
+         f"{_int(sum(int(r.get('groups_total') or 0) for r in layers))}", "from layers[] (fixed set)"),
         ("tensors trained", _int(len(update)), f"{_int(trained)} elements in weight layers"),
         ("solver", "none" if not solver else f"{solver.get('status')}",
          "fixed strategy" if not solver else f"{solver.get('name')}"),
