@@ -119,8 +119,11 @@ class _Expr:
         return LinearExpr({v: c for v, c in sorted(self.terms.items()) if c}, self.constant)
 
 
-def _groups(graph: LayerGraph) -> tuple[list[Group], dict[str, str], dict[str, str], list[Implication]]:
-    """Decision variables over the model's parameters (names are short and solver-safe)."""
+def parameter_groups(graph: LayerGraph) -> dict[str, list[tuple[int, int, bool]]]:
+    """How each trainable parameter is decided: a list of ``(start, stop, whole)`` row ranges along dim 0.
+
+    The weight of a conv/linear layer and its 1-D parameters of the same length (bias) are split into
+    groups of ``graph.group_size`` output channels; every other parameter is one whole decision."""
     size = graph.group_size
     grouped_rows: dict[str, int] = {}
     for layer in graph.group_owners():
@@ -129,28 +132,39 @@ def _groups(graph: LayerGraph) -> tuple[list[Group], dict[str, str], dict[str, s
             shape = graph.parameters[p].shape
             if p == layer.weight or (len(shape) == 1 and shape[0] == rows):
                 grouped_rows.setdefault(p, rows)
+    out: dict[str, list[tuple[int, int, bool]]] = {}
+    for name, meta in graph.parameters.items():
+        if not meta.dtype.is_floating_point:
+            continue
+        if name in grouped_rows:
+            rows = grouped_rows[name]
+            out[name] = [(k * size, min(rows, (k + 1) * size), False) for k in range(math.ceil(rows / size))]
+        else:
+            out[name] = [(0, meta.shape[0] if meta.shape else 1, True)]
+    return out
+
+
+def _groups(graph: LayerGraph) -> tuple[list[Group], dict[str, str], dict[str, str], list[Implication]]:
+    """Decision variables over the model's parameters (names are short and solver-safe)."""
     groups: list[Group] = []
     any_var: dict[str, str] = {}
     trained_var: dict[str, str] = {}
     implications: list[Implication] = []
-    for index, (name, meta) in enumerate(graph.parameters.items()):
-        if not meta.dtype.is_floating_point:
-            continue
+    index_of = {name: i for i, name in enumerate(graph.parameters)}
+    for name, ranges in parameter_groups(graph).items():
+        index, meta = index_of[name], graph.parameters[name]
         per_row = meta.numel // meta.shape[0] if meta.shape else 1
-        if name in grouped_rows:
-            rows = grouped_rows[name]
-            any_name = f"a{index}"
-            any_var[name] = trained_var[name] = any_name
-            for k in range(math.ceil(rows / size)):
-                start, stop = k * size, min(rows, (k + 1) * size)
-                var = f"x{index}_{k}"
-                groups.append(Group(var, name, start, stop, (stop - start) * per_row, False))
-                implications.append(Implication(f"group_needs_any_{var}", var, any_name))
-        else:
+        if ranges[0][2]:
             var = f"x{index}"
-            rows = meta.shape[0] if meta.shape else 1
-            groups.append(Group(var, name, 0, rows, meta.numel, True))
+            groups.append(Group(var, name, ranges[0][0], ranges[0][1], meta.numel, True))
             trained_var[name] = var
+            continue
+        any_name = f"a{index}"
+        any_var[name] = trained_var[name] = any_name
+        for k, (start, stop, _) in enumerate(ranges):
+            var = f"x{index}_{k}"
+            groups.append(Group(var, name, start, stop, (stop - start) * per_row, False))
+            implications.append(Implication(f"group_needs_any_{var}", var, any_name))
     return groups, any_var, trained_var, implications
 
 
