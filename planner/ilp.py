@@ -37,7 +37,8 @@ Gap
     neither solver sees) and ``objective`` is :attr:`SolveResult.objective` (constant included).
     With a zero constant this is exactly HiGHS's ``info.mip_gap``. For CBC, PuLP exposes no gap;
     we read the incumbent and bound from CBC's log (only when ``msg=False``, since with ``msg=True``
-    the log goes to the console) and leave ``gap=None`` if they are not there.
+    the log goes to the console) and leave ``gap=None`` if they are not there. CBC prints the bound
+    with three decimals, so its gap is good to about ``0.0005 / |objective|``.
 
 Determinism
     The PuLP model is built canonically: variables, constraints, implications and the terms of every
