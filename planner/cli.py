@@ -189,15 +189,16 @@ def _shape(text: str | None) -> tuple[int, ...] | None:
     return parse_shape(text) if text is not None else None
 
 
-def _check_output_path(path: str | None, force: bool) -> None:
-    """Refuse to overwrite a file unless asked, before any work is done."""
-    if path is None or path == "-":
+def _check_output_path(path: str | None, force: bool, option: str = "--json") -> None:
+    """Refuse to overwrite a file unless asked, before any work is done. Only ``--json`` takes '-'."""
+    if path is None or (path == "-" and option == "--json"):
         return
     p = Path(path)
-    if not path.strip():
-        raise InputError("--json needs a file path, or '-' for stdout")
+    stdout_hint = ", or '-' for stdout" if option == "--json" else ""
+    if not path.strip() or path == "-":
+        raise InputError(f"{option} needs a file path{stdout_hint}")
     if p.is_dir():
-        raise InputError(f"--json {path} is a directory; give a file path, or '-' for stdout")
+        raise InputError(f"{option} {path} is a directory; give a file path{stdout_hint}")
     if p.exists() and not force:
         raise InputError(f"{path} exists; pass --force to overwrite it")
     if not p.parent.is_dir():
@@ -457,7 +458,9 @@ def analyze(
                                           help="ilp, greedy, random, bias-only, last-k, full or "
                                                "config:PATH (tiny-training sparse-update config).")] = "ilp",
     solver: Annotated[str, typer.Option("--solver", metavar="auto|cbc|highs")] = "auto",
-    time_limit: Annotated[float | None, typer.Option("--time-limit", metavar="SECONDS", min=0.01)] = None,
+    time_limit: Annotated[float, typer.Option("--time-limit", metavar="SECONDS", min=0.01,
+                                              help="Stop the solver after this long; the status then says "
+                                                   "whether the plan is proven optimal.")] = 60.0,
     gap: Annotated[float | None, typer.Option("--gap", metavar="FRACTION", min=0.0,
                                               help="Relative MIP gap to stop at (default: prove optimality).")]
     = None,
@@ -487,8 +490,8 @@ def analyze(
     from budgetplan.pipeline import analyze_model
     from budgetplan.plan_file import dumps_plan
 
-    for path in (json_out, out, html):
-        _check_output_path(path, force)
+    for path, option in ((json_out, "--json"), (out, "--out"), (html, "--html")):
+        _check_output_path(path, force, option)
     if trace not in ("auto", "fx", "export"):
         raise InputError(f"unknown --trace '{trace}'; use auto, fx or export")
     if optimizer not in OPTIMIZERS:
@@ -591,8 +594,8 @@ def check(
     """CI gate: exit 0 when the model fits the device, 1 when it does not, 2 on input errors."""
     from budgetplan.pipeline import check_model
 
-    for path in (json_out, junit):
-        _check_output_path(path, force)
+    for path, option in ((json_out, "--json"), (junit, "--junit")):
+        _check_output_path(path, force, option)
     with _quiet_torch():
         items = check_model(model, target=target, ram=ram, plan=plan, min_update_pct=min_update,
                             optimizer=optimizer, input_shape=_shape(input_shape), weights=weights,

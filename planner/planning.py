@@ -6,8 +6,9 @@ has been **re-priced with the exact cost model** (``fits`` is that model's verdi
 Strategies:
 
 * ``ilp`` — maximise the sum of group scores subject to the linear upper bound of the training step's
-  live bytes at every point of the schedule (:mod:`budgetplan.linear_cost`) ≤ budget, optional FLOP and
-  latency bounds; solved with CBC or HiGHS (:mod:`budgetplan.ilp`);
+  live bytes at every point of the schedule (:mod:`budgetplan.linear_cost`: the microcontroller model
+  for ``mcu`` targets, the PyTorch-eager model otherwise) ≤ budget, optional FLOP and latency bounds;
+  solved with CBC or HiGHS (:mod:`budgetplan.ilp`);
 * ``greedy`` — the seed paper's fill: groups by score per parameter, best first, each added when the
   bound still fits;
 * ``random`` — the same fill in a seeded random order;
@@ -34,7 +35,7 @@ from budgetplan.estimate import TrainingEstimate, estimate_host
 from budgetplan.estimate_mcu import estimate_mcu, mcu_layout
 from budgetplan.graph import LayerGraph
 from budgetplan.ilp import Constraint, Implication, LinearExpr, SelectionProblem, SolveResult, solve
-from budgetplan.linear_cost import LinearCostModel, linear_cost_mcu
+from budgetplan.linear_cost import LinearCostModel, linear_cost_host, linear_cost_mcu
 from budgetplan.targets import Target
 from budgetplan.update_set import UpdateSet, from_sparse_update_config
 
@@ -251,11 +252,10 @@ def plan_update(
         est = _price(graph, update, target, optimizer, reorder, budget_bytes, layout)
         return PlanResult(strategy, "-", budget_bytes, update, est, 0.0, 0, 0, notes=notes)
 
-    if target.family != "mcu":
-        raise InputError(f"strategy '{strategy}' needs a linear cost model, which exists for 'mcu' targets "
-                         f"only so far ('{target.name}' is '{target.family}'); use --strategy full, "
-                         "bias-only, last-k or config:PATH there")
-    model = linear_cost_mcu(graph, target, optimizer=optimizer, reorder=reorder, layout=layout)
+    if target.family == "mcu":
+        model = linear_cost_mcu(graph, target, optimizer=optimizer, reorder=reorder, layout=layout)
+    else:
+        model = linear_cost_host(graph, target, optimizer=optimizer)
     score = group_scores(model, scores)
     score_name = scores if isinstance(scores, str) else "user"
     flop_cap = None
@@ -334,13 +334,14 @@ def _solve_ilp(model: LinearCostModel, score: dict[str, float], budget: int, flo
     """Build and solve the ILP. Interchangeable groups of a parameter are replaced by a binary-encoded
     count (an exact reformulation: see :class:`_Counted`), which removes the solver's symmetric branches
     and shrinks the model from thousands of group variables to a few per layer."""
+    position = {g.var: i for i, g in enumerate(model.groups)}
     counted: list[_Counted] = []
     replace: dict[str, list[tuple[str, float]]] = {}  # group var -> [(bit var, weight)] (its share)
     extra_constraints: list[Constraint] = []
     extra_continuous: list[str] = []
     objective: dict[str, float] = {}
     for n, (name, members) in enumerate(sorted(_interchangeable(model).items())):
-        members = sorted(members, key=lambda v: (-score.get(v, 0.0), v))
+        members = sorted(members, key=lambda v: (-score.get(v, 0.0), position[v]))  # ties: channel order
         width = max(1, math.ceil(math.log2(len(members) + 1)))
         bits = [f"n{n}_b{j}" for j in range(width)]
         counted.append(_Counted(name, members, bits, {}))
