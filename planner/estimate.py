@@ -26,6 +26,8 @@ from budgetplan.targets import Target
 from budgetplan.update_set import UpdateSet
 
 OPTIMIZERS = ("sgd", "sgd-momentum", "adam")
+LOSS_BYTES = 4  # the float32 loss scalar, alive from the loss to the end of the step
+SEED_BYTES = 4  # backward's seed gradient (ones_like(loss)), alive during backward
 ADAM_STEP_BYTES = 4  # torch.optim.Adam keeps a float32 0-d 'step' tensor per parameter
 
 
@@ -196,7 +198,8 @@ def estimate_host(
                 act_grads[(key, cb.input_versions[i])] = call.inputs[i].nbytes
         workspace = backward_workspace(call.overload, call.args, call.inputs, call.outputs, cb.needs_grad,
                                        flop_counter=False)
-        point("backward", cb.layer, sum(param_grads.values()), sum(act_grads.values()), 0, workspace)
+        point("backward", cb.layer, sum(param_grads.values()), sum(act_grads.values()), 0,
+              workspace + LOSS_BYTES + SEED_BYTES)
         for version_key in [k for k in act_grads if k[1] >= cb.index]:
             del act_grads[version_key]  # the backward of the call that wrote it has consumed it
         for key in [k for k, at in release_at.items() if at == cb.index]:
@@ -205,7 +208,9 @@ def estimate_host(
     own_bytes = {name: ba.trained_elements.get(name, 0) * graph.parameters[name].itemsize for name in param_grads}
     opt_bytes = optimizer_state_bytes(optimizer, own_bytes)
     live_act.clear()
-    point("step", "optimizer step", grads_total, 0, opt_bytes + optimizer_step_workspace(optimizer, own_bytes))
+    step_extra = LOSS_BYTES if ba.backward else 0
+    point("step", "optimizer step", grads_total, 0, opt_bytes + optimizer_step_workspace(optimizer, own_bytes),
+          step_extra)
     point("step", "after step", grads_total, 0, opt_bytes)
 
     peak = max(timeline, key=lambda p: p.live_bytes)

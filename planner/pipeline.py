@@ -322,11 +322,8 @@ def check_model(
     if min_update_pct is not None:
         if not 0 <= min_update_pct <= 100:
             raise InputError(f"--min-update must be a percentage in [0, 100], got {min_update_pct}")
-        result = plan_update(mg.graph, device, budget, strategy="ilp", optimizer=optimizer) \
-            if device.family == "mcu" else None
+        result = plan_update(mg.graph, device, budget, strategy="ilp", optimizer=optimizer)
         total = sum(m.numel for m in mg.graph.parameters.values())
-        if result is None:
-            raise InputError("--min-update needs the planner, which supports 'mcu' targets so far")
         trained = sum(result.estimate.trained_parameters.values())
         share = 100.0 * trained / total if total else 0.0
         items.append(CheckItem("min-update", result.fits and share >= min_update_pct,

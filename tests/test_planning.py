@@ -130,5 +130,26 @@ def test_fixed_strategies_and_errors(small) -> None:
         plan_update(graph, M7, 1000, scores="velocityy")
     with pytest.raises(InputError):
         plan_update(graph, M7, 0)
-    with pytest.raises(InputError):
-        plan_update(graph, load_target("host"), 10**6, strategy="ilp")
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_host_plans_fit_when_measured_by_pytorch(optimizer: str) -> None:
+    """On the host target the plan's peak is checked against a real training step (the oracle)."""
+    from budgetplan.measure import measure_step
+
+    model, _ = zoo.build("tinycnn")
+    x = torch.randn(1, 3, 32, 32)
+    traced = trace_model(model, (x,))
+    # one group per tensor: eager PyTorch trains whole tensors, so the plan can be measured as it is
+    graph = build_layer_graph(traced, (x,), group_size=1024)
+    host = load_target("host")
+    full = plan_update(graph, host, 10**9, strategy="full", optimizer=optimizer).estimate.peak_bytes
+    frozen = plan_update(graph, host, 10**9, strategy="bias-only", optimizer=optimizer).estimate.peak_bytes
+    budget = (full + frozen) // 2
+    plan = plan_update(graph, host, budget, strategy="ilp", optimizer=optimizer)
+    assert plan.solver["status"] == "optimal" and plan.fits and not plan.update.is_empty
+    assert plan.bound_peak_bytes >= plan.estimate.peak_bytes
+    assert not plan.update.has_channel_subsets()
+    measured = measure_step(traced.graph_module, (x,), plan.update, optimizer=optimizer)
+    assert measured.peak_bytes <= budget
+    assert abs(measured.peak_bytes - plan.estimate.peak_bytes) <= 0.05 * measured.peak_bytes
