@@ -185,6 +185,16 @@ JsonOpt = Annotated[str | None, typer.Option("--json", metavar="PATH",
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite output files that exist.")]
 
 
+def _check_trace_and_optimizer(trace: str, optimizer: str) -> None:
+    """Reject a bad --trace or --optimizer before the (slow) model loading."""
+    from budgetplan.estimate import OPTIMIZERS
+
+    if trace not in ("auto", "fx", "export"):
+        raise InputError(f"unknown --trace '{trace}'; use auto, fx or export")
+    if optimizer not in OPTIMIZERS:
+        raise InputError(f"unknown optimizer '{optimizer}'; use one of: {', '.join(OPTIMIZERS)}")
+
+
 def _shape(text: str | None) -> tuple[int, ...] | None:
     return parse_shape(text) if text is not None else None
 
@@ -346,14 +356,10 @@ def estimate(
     force: ForceOpt = False,
 ) -> None:
     """Memory, FLOPs and latency of one training step of an update set on a target."""
-    from budgetplan.estimate import OPTIMIZERS
     from budgetplan.pipeline import estimate_training
 
     _check_output_path(json_out, force)
-    if trace not in ("auto", "fx", "export"):
-        raise InputError(f"unknown --trace '{trace}'; use auto, fx or export")
-    if optimizer not in OPTIMIZERS:
-        raise InputError(f"unknown optimizer '{optimizer}'; use one of: {', '.join(OPTIMIZERS)}")
+    _check_trace_and_optimizer(trace, optimizer)
     with _quiet_torch():
         est = estimate_training(model, target=target, update=update, optimizer=optimizer, ram=ram,
                                 input_shape=_shape(input_shape), weights=weights, trust_pickle=trust_pickle,
@@ -400,14 +406,10 @@ def measure(
     force: ForceOpt = False,
 ) -> None:
     """Run one real training step on this computer and compare it with the host prediction."""
-    from budgetplan.estimate import OPTIMIZERS
     from budgetplan.pipeline import measure_training
 
     _check_output_path(json_out, force)
-    if trace not in ("auto", "fx", "export"):
-        raise InputError(f"unknown --trace '{trace}'; use auto, fx or export")
-    if optimizer not in OPTIMIZERS:
-        raise InputError(f"unknown optimizer '{optimizer}'; use one of: {', '.join(OPTIMIZERS)}")
+    _check_trace_and_optimizer(trace, optimizer)
     with _quiet_torch():
         result = measure_training(model, update=update, optimizer=optimizer, input_shape=_shape(input_shape),
                                   weights=weights, trust_pickle=trust_pickle, trace=trace)  # type: ignore[arg-type]
@@ -486,16 +488,12 @@ def analyze(
     force: ForceOpt = False,
 ) -> None:
     """Choose the neurons to train under a RAM budget; exit 1 when nothing fits."""
-    from budgetplan.estimate import OPTIMIZERS
     from budgetplan.pipeline import analyze_model
     from budgetplan.plan_file import dumps_plan
 
     for path, option in ((json_out, "--json"), (out, "--out"), (html, "--html")):
         _check_output_path(path, force, option)
-    if trace not in ("auto", "fx", "export"):
-        raise InputError(f"unknown --trace '{trace}'; use auto, fx or export")
-    if optimizer not in OPTIMIZERS:
-        raise InputError(f"unknown optimizer '{optimizer}'; use one of: {', '.join(OPTIMIZERS)}")
+    _check_trace_and_optimizer(trace, optimizer)
     scores = _scores_arg(objective)
     with console.status("tracing, pricing and solving…", spinner="dots"), _quiet_torch():
         analysis = analyze_model(model, target=target, ram=ram, strategy=strategy, scores=scores,

@@ -102,6 +102,21 @@ def _check_optimizer(optimizer: str) -> None:
         raise InputError(f"unknown optimizer '{optimizer}'; use one of: {', '.join(OPTIMIZERS)}")
 
 
+def forward_last_use(graph: LayerGraph, ba: BackwardAnalysis) -> dict[int, int]:
+    """Index of the last forward call reading or writing each activation storage (model outputs: the
+    last call), the end of its forward lifetime."""
+    storages = ba.storages
+    last_use: dict[int, int] = {}
+    for rec in ba.calls:
+        for key in rec.call.input_keys + rec.call.output_keys:
+            if storages.get(key) is not None and storages[key].kind == "activation":
+                last_use[key] = rec.index
+    for key in graph.output_storages:
+        if key in last_use:
+            last_use[key] = len(ba.calls) - 1
+    return last_use
+
+
 def optimizer_state_bytes(optimizer: str, grad_bytes_by_param: dict[str, int]) -> int:
     """Optimizer state in bytes for PyTorch's optimizers: SGD none, momentum one buffer per gradient,
     Adam two buffers plus a 4-byte step counter per parameter."""
@@ -141,16 +156,7 @@ def estimate_host(
     weights = sum(s.nbytes for s in storages.values() if s.kind in ("parameter", "buffer"))
     inputs = sum(s.nbytes for s in storages.values() if s.kind == "input")
 
-    # Forward lifetimes of activation storages: creation -> last forward use.
-    last_use: dict[int, int] = {}
-    for rec in calls:
-        for key in rec.call.input_keys + rec.call.output_keys:
-            if storages.get(key) is not None and storages[key].kind == "activation":
-                last_use[key] = rec.index
-    end = len(calls) - 1
-    for key in graph.output_storages:
-        if key in last_use:
-            last_use[key] = end
+    last_use = forward_last_use(graph, ba)
     release_at = {key: min(users) for key, users in ba.saved.items()}  # freed after that call's backward
 
     timeline: list[TimelinePoint] = []

@@ -354,7 +354,7 @@ def linear_cost_host(graph: LayerGraph, target: Target, *, optimizer: str = "sgd
     from budgetplan.backward import analyze_backward
     from budgetplan.cost_models.saved import NO_GRAD_OPS, outputs_differentiable, probe_saved, saved_refs
     from budgetplan.cost_models.workspace import backward_workspace
-    from budgetplan.estimate import ADAM_STEP_BYTES, LOSS_BYTES, OPTIMIZERS, SEED_BYTES
+    from budgetplan.estimate import ADAM_STEP_BYTES, LOSS_BYTES, OPTIMIZERS, SEED_BYTES, forward_last_use
     from budgetplan.update_set import UpdateSet
 
     if optimizer not in OPTIMIZERS:
@@ -430,16 +430,7 @@ def linear_cost_host(graph: LayerGraph, target: Target, *, optimizer: str = "sgd
                 implications.append(Implication(f"runs_{rec.index}_{a}", a, bvar))
             storages_ws[rec.index] = work
 
-    # Forward lifetimes, as in estimate_host.
-    last_use: dict[int, int] = {}
-    for rec in calls:
-        for key in rec.call.input_keys + rec.call.output_keys:
-            if storages.get(key) is not None and storages[key].kind == "activation":
-                last_use[key] = rec.index
-    end = len(calls) - 1
-    for key in graph.output_storages:
-        if key in last_use:
-            last_use[key] = end
+    last_use = forward_last_use(graph, full)  # forward lifetimes, as in estimate_host
 
     constant = sum(s.nbytes for s in storages.values() if s.kind in ("parameter", "buffer", "input"))
     persistent = _Expr()
