@@ -11,11 +11,16 @@ Run: ``.venv/bin/python benchmarks/solve.py`` (a few minutes on 2 cores).
 
 from __future__ import annotations
 
+import functools
 import time
 
 from budgetplan.ilp import available_solvers
 from budgetplan.pipeline import analyze_model, resolve_target, trace_source
 from budgetplan.planning import plan_update
+
+print = functools.partial(print, flush=True)  # noqa: A001 - rows appear as they are computed
+
+TIME_LIMIT = 120.0  # seconds per solve; a solve stopped by it reports "feasible" (or "no-solution")
 
 CASES = [
     ("mobilenetv2-w0.35", (1, 3, 128, 128), "cortex-m7", (256, 512)),
@@ -26,7 +31,7 @@ CASES = [
 ]
 
 
-def main() -> None:
+def main(cases: list | None = None) -> None:
     solvers = available_solvers()
     print(f"solvers: {', '.join(solvers)}")
     header = (f"{'model':18s} {'budget':>7s} {'groups':>6s} {'ilp vars':>8s} "
@@ -34,7 +39,7 @@ def main() -> None:
               + f" {'ilp obj':>9s} {'greedy':>9s} {'random':>9s} {'fits':>5s}")
     print(header)
     print("-" * len(header))
-    for name, shape, target_name, budgets_kib in CASES:
+    for name, shape, target_name, budgets_kib in cases or CASES:
         target = resolve_target(target_name)
         started = time.perf_counter()
         analysis = analyze_model(name, target=target, ram=budgets_kib[0] * 1024, input_shape=shape)
@@ -42,7 +47,8 @@ def main() -> None:
         graph = trace_source(name, input_shape=shape).graph
         for kib in budgets_kib:
             budget = kib * 1024
-            results = {s: plan_update(graph, target, budget, strategy="ilp", solver=s) for s in solvers}
+            results = {s: plan_update(graph, target, budget, strategy="ilp", solver=s, time_limit=TIME_LIMIT)
+                       for s in solvers}
             greedy = plan_update(graph, target, budget, strategy="greedy")
             rand = plan_update(graph, target, budget, strategy="random", seed=0)
             first = results[solvers[0]]
@@ -51,7 +57,8 @@ def main() -> None:
             print(f"{name:18s} {kib:6d}k {first.groups_total:6d} {first.solver['variables']:8d} {cells} "
                   f"{first.objective:9.0f} {greedy.objective:9.0f} {rand.objective:9.0f} {str(fits):>5s}")
             for r in results.values():
-                assert r.objective >= greedy.objective - 1e-6, "ILP below greedy"
+                if r.solver["status"] == "optimal":
+                    assert r.objective >= greedy.objective - 1e-6, "ILP below greedy"
         print(f"{'':18s} analyze end to end (library, after import): {end_to_end:.2f} s at "
               f"{budgets_kib[0]}k; solver {analysis.plan.solver['name']} {analysis.plan.solver['seconds']:.2f} s")
 
