@@ -152,17 +152,35 @@ class _Fill:
         peak_ok = self.held + max(self.point_values, default=0.0) <= self.budget
         return peak_ok and (self.max_flops is None or self.flops <= self.max_flops)
 
-    def try_add(self, var: str) -> bool:
-        if var in self.on:
-            return True
+    def _closure(self, var: str) -> list[str]:
+        """``var`` and every variable it implies that is not on yet."""
         new: list[str] = []
+        seen: set[str] = set()
         stack = [var]
         while stack:
             v = stack.pop()
-            if v in self.on or v in new:
+            if v in self.on or v in seen:
                 continue
+            seen.add(v)
             new.append(v)
             stack.extend(self.implied.get(v, ()))
+        return new
+
+    def peak(self) -> float:
+        return self.held + max(self.point_values, default=0.0)
+
+    def peak_with(self, var: str) -> float:
+        """The bound on the peak if ``var`` were switched on (nothing changes)."""
+        new = self._closure(var)
+        self._switch(new, +1)
+        value = self.peak()
+        self._switch(new, -1)
+        return value
+
+    def try_add(self, var: str) -> bool:
+        if var in self.on:
+            return True
+        new = self._closure(var)
         self._switch(new, +1)
         if self.fits():
             self.on.update(new)
@@ -174,10 +192,9 @@ class _Fill:
 def smallest_useful_budget(model: LinearCostModel) -> tuple[float, str | None]:
     """The smallest bound on the peak with exactly one group trained, and that group's variable."""
     best: tuple[float, str | None] = (math.inf, None)
+    fill = _Fill(model, math.inf, None)
     for g in model.groups:
-        fill = _Fill(model, math.inf, None)
-        fill.try_add(g.var)
-        peak = fill.held + max(fill.point_values, default=0.0)
+        peak = fill.peak_with(g.var)
         if peak < best[0]:
             best = (peak, g.var)
     return best
