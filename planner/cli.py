@@ -522,7 +522,7 @@ def analyze(
                          ("fwd MACs", "right")):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     for row in doc["layers"]:
-        if not all_layers and not row["groups_selected"]:
+        if not all_layers and not (row["groups_selected"] or row["trained_elements"]):
             continue
         table.add_row(Text(row["layer"]), row["op"], f"{row['groups_selected']}/{row['groups_total']}",
                       f"{row['trained_elements']:,}", _si(row["flops"] / 2))

@@ -322,7 +322,7 @@ def check_model(
     if min_update_pct is not None:
         if not 0 <= min_update_pct <= 100:
             raise InputError(f"--min-update must be a percentage in [0, 100], got {min_update_pct}")
-        result = plan_update(mg.graph, device, budget, strategy="ilp", optimizer=optimizer)
+        result = plan_update(mg.graph, device, budget, strategy="ilp", optimizer=optimizer, time_limit=60.0)
         total = sum(m.numel for m in mg.graph.parameters.values())
         trained = sum(result.estimate.trained_parameters.values())
         share = 100.0 * trained / total if total else 0.0

@@ -298,7 +298,11 @@ def plan_update(
         values = _fill(model, [g.var for g in groups], budget_bytes, flop_cap)
 
     update = update_from_values(model, values, graph)
-    if update.is_empty:
+    solver_gave_up = solver_info is not None and solver_info["status"] not in ("optimal", "feasible", "infeasible")
+    if update.is_empty and solver_gave_up:
+        notes.append(f"the solver stopped without a plan ({solver_info['status']}: {solver_info['message']}); "
+                     "raise --time-limit or use --strategy greedy")
+    elif update.is_empty:
         smallest, var = smallest_useful_budget(model)
         if var is not None:
             group = next(g for g in model.groups if g.var == var)

@@ -648,9 +648,6 @@ def test_out_needs_force(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="bug: when the solver stops on its time limit with no solution, analyze "
-                                       "says 'nothing can be trained within N bytes; the cheapest single group "
-                                       "needs M bytes' with M < N (false: greedy trains at that budget)")
 def test_no_solution_is_not_reported_as_nothing_fits(monkeypatch: pytest.MonkeyPatch) -> None:
     from budgetplan import planning
     from budgetplan.ilp import SolveResult
@@ -667,8 +664,6 @@ def test_no_solution_is_not_reported_as_nothing_fits(monkeypatch: pytest.MonkeyP
     assert not any("nothing can be trained" in note for note in data["notes"]), data["notes"]
 
 
-@pytest.mark.xfail(strict=True, reason="bug: the analyze table lists only layers with a weight group selected; "
-                                       "a plan that trains biases only shows an empty table")
 def test_bias_only_table_lists_the_trained_layers() -> None:
     result = invoke("analyze", "tinycnn", "--target", "cortex-m7", "--ram", "1M", "--strategy", "bias-only")
     assert result.exit_code == 0
