@@ -18,7 +18,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -29,16 +28,20 @@ import torch
 import typer
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
-from typer.testing import CliRunner
 
 from budgetplan import zoo
 from budgetplan.cli import app
+from cli_support import (
+    ENV,
+    SUBPROCESS_ENV,
+    assert_cli_error,
+    assert_one_line_error,
+    invoke,
+    runner,
+)
+from cli_support import run
 from budgetplan.targets import list_targets, load_target
 
-ENV = {"COLUMNS": "200", "OMP_NUM_THREADS": "1"}
-SUBPROCESS_ENV = {**os.environ, **ENV}
-SUBPROCESS_TIMEOUT = 300
-CONSOLE_SCRIPT = Path(sys.executable).with_name("budgetplan")
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS_DIR = ROOT / "targets"
 DOCS = ROOT / "docs"
@@ -99,7 +102,6 @@ clock_hz = "datasheet"
 macs_per_cycle = "estimate"
 """
 
-runner = CliRunner()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -107,38 +109,12 @@ runner = CliRunner()
 # --------------------------------------------------------------------------------------------------
 
 
-def invoke(*args: str) -> Any:
-    """Run the CLI in-process; never let an exception escape unnoticed."""
-    return runner.invoke(app, list(args), env=ENV)
 
 
-def run(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
-        script: bool = False) -> subprocess.CompletedProcess[str]:
-    """Run the installed CLI in a subprocess: ``python -m budgetplan.cli`` or the console script."""
-    cmd = [str(CONSOLE_SCRIPT)] if script else [sys.executable, "-m", "budgetplan.cli"]
-    return subprocess.run([*cmd, *args], cwd=cwd, env=env or SUBPROCESS_ENV, capture_output=True, text=True,
-                          timeout=SUBPROCESS_TIMEOUT, check=False)
 
 
-def assert_one_line_error(exit_code: int | None, stdout: str, stderr: str, *needles: str) -> str:
-    """Exit code 2, no traceback anywhere, nothing on stdout, exactly one non-empty stderr line that
-    starts with ``error:`` and contains every needle. Returns the line."""
-    assert "Traceback" not in stderr + stdout, stderr
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, f"expected one stderr line, got {len(lines)}:\n{stderr}"
-    line = lines[0]
-    assert exit_code == 2, (exit_code, line)
-    assert stdout.strip() == "", stdout
-    assert line.startswith("error: "), line
-    for needle in needles:
-        assert needle in line, f"{needle!r} not in {line!r}"
-    return line
 
 
-def assert_cli_error(result: Any, *needles: str) -> str:
-    """:func:`assert_one_line_error` for a CliRunner result (and no exception other than the exit)."""
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    return assert_one_line_error(result.exit_code, result.stdout, result.stderr, *needles)
 
 
 def inspect_json(*args: str) -> dict[str, Any]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import os
 import re
 import shlex
 import subprocess
@@ -32,16 +31,16 @@ import torch
 import typer
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
-from typer.testing import CliRunner
 
 from budgetplan import zoo
 from budgetplan.cli import app
+from cli_support import (
+    assert_cli_error,
+    invoke,
+)
+from cli_support import run as _run
 from budgetplan.ilp import available_solvers
 
-ENV = {"COLUMNS": "200", "OMP_NUM_THREADS": "1"}
-SUBPROCESS_ENV = {**os.environ, **ENV}
-SUBPROCESS_TIMEOUT = 300
-CONSOLE_SCRIPT = Path(sys.executable).with_name("budgetplan")
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 M7 = tomllib.loads((ROOT / "targets" / "stm32f746.toml").read_text())  # --target cortex-m7
@@ -91,7 +90,6 @@ class NormMLP(nn.Module):
         return self.fc2(torch.relu(self.ln(self.fc1(x))))
 '''
 
-runner = CliRunner()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -99,34 +97,17 @@ runner = CliRunner()
 # --------------------------------------------------------------------------------------------------
 
 
-def invoke(*args: str) -> Any:
-    return runner.invoke(app, list(args), env=ENV)
-
-
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """The installed console script in a subprocess."""
-    return subprocess.run([str(CONSOLE_SCRIPT), *args], cwd=cwd, env=SUBPROCESS_ENV, capture_output=True,
-                          text=True, timeout=SUBPROCESS_TIMEOUT, check=False)
+    return _run(*args, cwd=cwd, script=True)
 
 
-def assert_one_line_error(exit_code: int | None, stdout: str, stderr: str, *needles: str) -> str:
-    """Exit code 2, no traceback, nothing on stdout, exactly one stderr line ``error: ...`` holding
-    every needle. Returns the line."""
-    assert "Traceback" not in stderr + stdout, stderr
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, f"expected one stderr line, got {len(lines)}:\n{stderr}"
-    line = lines[0]
-    assert exit_code == 2, (exit_code, line)
-    assert stdout.strip() == "", stdout
-    assert line.startswith("error: "), line
-    for needle in needles:
-        assert needle in line, f"{needle!r} not in {line!r}"
-    return line
 
 
-def assert_cli_error(result: Any, *needles: str) -> str:
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    return assert_one_line_error(result.exit_code, result.stdout, result.stderr, *needles)
+
+
+
+
 
 
 def run_json(command: str, *args: str, code: int = 0) -> dict[str, Any]:

@@ -16,10 +16,8 @@ import copy
 import importlib.util
 import json
 import math
-import os
 import re
 import shlex
-import subprocess
 import sys
 import tomllib
 from collections.abc import Iterable
@@ -31,15 +29,15 @@ import torch
 import typer
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
-from typer.testing import CliRunner
 
 from budgetplan import zoo
 from budgetplan.cli import app
+from cli_support import (
+    assert_cli_error,
+    invoke,
+)
+from cli_support import run
 
-ENV = {"COLUMNS": "200", "OMP_NUM_THREADS": "1"}
-SUBPROCESS_ENV = {**os.environ, **ENV}
-SUBPROCESS_TIMEOUT = 300
-CONSOLE_SCRIPT = Path(sys.executable).with_name("budgetplan")
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS_DIR = ROOT / "targets"
 DOCS = ROOT / "docs"
@@ -102,7 +100,6 @@ class Twice(nn.Module):
         return self.head(self.lin(torch.tanh(self.lin(x))))
 '''
 
-runner = CliRunner()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -110,35 +107,12 @@ runner = CliRunner()
 # --------------------------------------------------------------------------------------------------
 
 
-def invoke(*args: str) -> Any:
-    return runner.invoke(app, list(args), env=ENV)
 
 
-def run(*args: str, script: bool = False, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """The installed program in a subprocess: ``python -m budgetplan.cli`` or the console script."""
-    cmd = [str(CONSOLE_SCRIPT)] if script else [sys.executable, "-m", "budgetplan.cli"]
-    return subprocess.run([*cmd, *args], cwd=cwd, env=SUBPROCESS_ENV, capture_output=True, text=True,
-                          timeout=SUBPROCESS_TIMEOUT, check=False)
 
 
-def assert_one_line_error(exit_code: int | None, stdout: str, stderr: str, *needles: str) -> str:
-    """Exit code 2, no traceback, nothing on stdout, exactly one stderr line ``error: ...`` holding
-    every needle. Returns the line."""
-    assert "Traceback" not in stderr + stdout, stderr
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, f"expected one stderr line, got {len(lines)}:\n{stderr}"
-    line = lines[0]
-    assert exit_code == 2, (exit_code, line)
-    assert stdout.strip() == "", stdout
-    assert line.startswith("error: "), line
-    for needle in needles:
-        assert needle in line, f"{needle!r} not in {line!r}"
-    return line
 
 
-def assert_cli_error(result: Any, *needles: str) -> str:
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    return assert_one_line_error(result.exit_code, result.stdout, result.stderr, *needles)
 
 
 def run_json(command: str, *args: str) -> dict[str, Any]:
