@@ -37,9 +37,9 @@ from cli_support import (
     assert_cli_error,
     assert_one_line_error,
     invoke,
+    run,
     runner,
 )
-from cli_support import run
 from budgetplan.targets import list_targets, load_target
 
 ROOT = Path(__file__).resolve().parents[1]

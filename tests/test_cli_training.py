@@ -35,8 +35,8 @@ from budgetplan.cli import app
 from cli_support import (
     assert_cli_error,
     invoke,
+    run,
 )
-from cli_support import run
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS_DIR = ROOT / "targets"
