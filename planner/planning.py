@@ -420,10 +420,11 @@ def _solve_ilp(model: LinearCostModel, score: dict[str, float], budget: int, flo
         constraints.append(Constraint("backward_flops", rewrite(model.backward_flops), float(flop_cap), "FLOPs"))
     constraints += extra_constraints
     implications: list[Implication] = []
+    class_of = {v: c for c in counted for v in c.members}
     for imp in model.implications:
         if imp.lhs in replace:
             # "some member trained => rhs": count <= members * rhs
-            cls = next(c for c in counted if imp.lhs in c.members)
+            cls = class_of[imp.lhs]
             if imp.lhs != cls.members[0]:
                 continue
             terms = {bit: float(2 ** j) for j, bit in enumerate(cls.bits)}
