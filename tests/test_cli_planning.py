@@ -18,7 +18,6 @@ import importlib.util
 import json
 import math
 import re
-import shlex
 import subprocess
 import sys
 import tomllib
@@ -35,6 +34,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from budgetplan import zoo
 from budgetplan.cli import app
 from cli_support import (
+    assert_trimmed,
+    cli_argv,
+    doc_example,
+    doc_section,
+    documented_fields,
     assert_cli_error,
     invoke,
 )
@@ -681,56 +685,35 @@ def test_subprocess_check_exit_code_and_junit(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def _section(doc: str, heading: str) -> str:
-    """From ``heading`` (a line start) to the next heading of the same or a higher level."""
-    level = heading.split(" ", 1)[0]
-    start = doc.index(heading)
-    body = doc[start + len(heading):]
-    ends = [m.start() for m in re.finditer(r"^#{1,%d} " % len(level), body, re.MULTILINE)]
-    return body[:ends[0]] if ends else body
 
 
-def _documented_fields(section: str) -> set[str]:
-    return set(re.findall(r"^\| `([a-z_]+)` \|", section, re.MULTILINE))
 
 
-def _example(doc: str, label: str) -> tuple[str, dict[str, Any]]:
-    pattern = rf"^`(budgetplan [^`]+)`[^\n]*\n(?:[^\n]*\n)*?```json {label}\n"
-    (command,) = re.findall(pattern, doc, re.MULTILINE)
-    (block,) = re.findall(rf"```json {label}\n(.*?)```", doc, re.DOTALL)
-    return command, json.loads(block)
 
 
-def _argv(command: str) -> list[str]:
-    argv = shlex.split(command)
-    assert argv[0] == "budgetplan"
-    return argv[1:]
 
 
-def _trimmed(example: list[Any], actual: list[Any]) -> None:
-    it = iter(actual)
-    assert example and all(any(entry == other for other in it) for entry in example), example
 
 
 def test_json_output_doc_analyze_matches_the_tool() -> None:
     doc = (DOCS / "json-output.md").read_text()
-    section = _section(doc, "## `analyze --json`")
-    command, example = _example(section, "analyze")
-    argv = _argv(command)
+    section = doc_section(doc, "## `analyze --json`")
+    command, example = doc_example(section, "analyze")
+    argv = cli_argv(command)
     assert argv[-2:] == ["--json", "-"]
     actual = run_json(*argv[:-2])
     for key in set(example) | set(actual):
         if key in ("timeline", "update"):
-            _trimmed(example[key], actual[key])
+            assert_trimmed(example[key], actual[key])
         elif key == "solver":
             assert {k: v for k, v in example[key].items() if k != "seconds"} == {
                 k: v for k, v in actual[key].items() if k != "seconds"}
         else:
             assert example.get(key) == actual.get(key), key
 
-    top = _section(section, "### Top level")
-    assert _documented_fields(top) == set(actual)
-    assert _documented_fields(_section(section, "### `solver`")) == set(actual["solver"])
+    top = doc_section(section, "### Top level")
+    assert documented_fields(top) == set(actual)
+    assert documented_fields(doc_section(section, "### `solver`")) == set(actual["solver"])
     # the nested objects are named in the top-level table (their fields: docs/plan-format.md)
     for key in ("model", "memory", "flops", "groups", "layers", "timeline"):
         row = re.search(rf"^\| `{key}` \|.*$", top, re.MULTILINE)
@@ -742,15 +725,15 @@ def test_json_output_doc_analyze_matches_the_tool() -> None:
 def test_json_output_doc_check_matches_the_tool(tinycnn_plan: tuple[Path, dict], tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     doc = (DOCS / "json-output.md").read_text()
-    section = _section(doc, "## `check --json`")
-    command, example = _example(section, "check")
+    section = doc_section(doc, "## `check --json`")
+    command, example = doc_example(section, "check")
     monkeypatch.chdir(tmp_path)
     (tmp_path / "plan.json").write_text(tinycnn_plan[0].read_text())
-    argv = _argv(command)
+    argv = cli_argv(command)
     actual = run_json(*argv[:-2], code=0 if example["passed"] else 1)
     assert example == actual
-    assert _documented_fields(_section(section, "### Top level")) == set(actual)
-    assert _documented_fields(_section(section, "### `checks[]`")) == set(actual["checks"][0])
+    assert documented_fields(doc_section(section, "### Top level")) == set(actual)
+    assert documented_fields(doc_section(section, "### `checks[]`")) == set(actual["checks"][0])
 
 
 def _command_lines(section: str) -> tuple[dict[str, str], list[str]]:
@@ -768,7 +751,7 @@ def test_cli_doc_examples_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, c
     """Every example of the command's section runs as written, in order, in an empty directory: exit 0;
     exit 1 where the line's comment says ``exit 1``; the one-line error where it says ``error: ...``."""
     doc = (DOCS / "cli.md").read_text()
-    files, lines = _command_lines(_section(doc, f"## `budgetplan {command}"))
+    files, lines = _command_lines(doc_section(doc, f"## `budgetplan {command}"))
     assert len(lines) >= 4
     monkeypatch.chdir(tmp_path)
     for name, body in files.items():
@@ -776,7 +759,7 @@ def test_cli_doc_examples_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, c
     for line in lines:
         text, _, comment = line.partition("  # ")
         text = text.split(" | ", 1)[0].strip()
-        result = invoke(*_argv(text))
+        result = invoke(*cli_argv(text))
         comment = comment.strip()
         if comment.startswith("error:"):
             expected = comment.removeprefix("error: ").split("...", 1)[0].strip()
@@ -794,7 +777,7 @@ def test_cli_doc_lists_every_analyze_and_check_option() -> None:
     group = typer.main.get_command(app)
     assert isinstance(group, typer.core.TyperGroup)
     for name in ("analyze", "check"):
-        section = _section(doc, f"## `budgetplan {name}")
+        section = doc_section(doc, f"## `budgetplan {name}")
         for param in group.commands[name].params:
             for opt in param.opts:
                 if opt.startswith("-") and opt != "--help":

@@ -17,7 +17,6 @@ import importlib.util
 import json
 import math
 import re
-import shlex
 import sys
 import tomllib
 from collections.abc import Iterable
@@ -33,6 +32,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from budgetplan import zoo
 from budgetplan.cli import app
 from cli_support import (
+    assert_trimmed,
+    cli_argv,
+    doc_example,
+    doc_section,
+    documented_fields,
     assert_cli_error,
     invoke,
     run,
@@ -715,63 +719,39 @@ def test_subprocess_measure_table() -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def _section(doc: str, heading: str) -> str:
-    """From ``heading`` (a line start) to the next heading of the same or a higher level."""
-    level = heading.split(" ", 1)[0]
-    start = doc.index(heading)
-    body = doc[start + len(heading):]
-    ends = [m.start() for m in re.finditer(r"^#{1,%d} " % len(level), body, re.MULTILINE)]
-    return body[:ends[0]] if ends else body
 
 
-def _documented_fields(section: str) -> set[str]:
-    """The backticked names in the first column of the markdown tables of ``section``."""
-    return set(re.findall(r"^\| `([a-z_]+)` \|", section, re.MULTILINE))
 
 
-def _example(doc: str, label: str) -> tuple[str, dict[str, Any]]:
-    """The command line and the document of a labelled example block (```json LABEL)."""
-    pattern = rf"^`(budgetplan [^`]+)`[^\n]*\n(?:[^\n]*\n)*?```json {label}\n"
-    (command,) = re.findall(pattern, doc, re.MULTILINE)
-    (block,) = re.findall(rf"```json {label}\n(.*?)```", doc, re.DOTALL)
-    return command, json.loads(block)
 
 
-def _argv(command: str) -> list[str]:
-    argv = shlex.split(command)
-    assert argv[0] == "budgetplan"
-    return argv[1:]
 
 
-def _trimmed(example: list[Any], actual: list[Any]) -> None:
-    """Every entry of a shortened list is an entry of the real one, in the same order."""
-    it = iter(actual)
-    assert example and all(any(entry == other for other in it) for entry in example), example
 
 
 def test_json_output_doc_estimate_matches_the_tool() -> None:
     doc = (DOCS / "json-output.md").read_text()
-    section = _section(doc, "## `estimate --json`")
-    command, example = _example(section, "estimate")
+    section = doc_section(doc, "## `estimate --json`")
+    command, example = doc_example(section, "estimate")
     assert "--json -" in command
-    actual = run_json(*_argv(command.replace(" --json -", "")))
+    actual = run_json(*cli_argv(command.replace(" --json -", "")))
     assert {k: v for k, v in example.items() if k != "timeline"} == {
         k: v for k, v in actual.items() if k != "timeline"}
-    _trimmed(example["timeline"], actual["timeline"])
+    assert_trimmed(example["timeline"], actual["timeline"])
 
-    assert _documented_fields(_section(section, "### Top level")) == set(actual)
-    assert _documented_fields(_section(section, "### `memory`")) == set(actual["memory"])
+    assert documented_fields(doc_section(section, "### Top level")) == set(actual)
+    assert documented_fields(doc_section(section, "### `memory`")) == set(actual["memory"])
     assert set(actual["memory_at_peak"]) == set(actual["memory"])
-    assert _documented_fields(_section(section, "### `flops`")) == set(actual["flops"])
-    assert _documented_fields(_section(section, "### `timeline[]`")) == set(actual["timeline"][0])
+    assert documented_fields(doc_section(section, "### `flops`")) == set(actual["flops"])
+    assert documented_fields(doc_section(section, "### `timeline[]`")) == set(actual["timeline"][0])
     assert set(actual["timeline"][0]["breakdown"]) == set(actual["memory"]) - {"total"}
 
 
 def test_json_output_doc_measure_matches_the_tool() -> None:
     doc = (DOCS / "json-output.md").read_text()
-    section = _section(doc, "## `measure --json`")
-    command, example = _example(section, "measure")
-    actual = run_json(*_argv(command.replace(" --json -", "")))
+    section = doc_section(doc, "## `measure --json`")
+    command, example = doc_example(section, "measure")
+    actual = run_json(*cli_argv(command.replace(" --json -", "")))
     assert set(example) == set(actual)
     for key in ("model", "optimizer", "comparison", "prediction"):
         assert example[key] == actual[key], key
@@ -779,15 +759,15 @@ def test_json_output_doc_measure_matches_the_tool() -> None:
         assert set(example[kind]) == set(actual[kind])
         for key, value in example[kind].items():
             if key in ("timeline", "saved_tensors"):
-                _trimmed(value, actual[kind][key])
+                assert_trimmed(value, actual[kind][key])
             else:
                 assert value == actual[kind][key], (kind, key)
 
-    assert _documented_fields(_section(section, "### Top level")) == set(actual)
-    assert _documented_fields(_section(section, "### `comparison[]`")) == set(actual["comparison"][0])
-    measured = _section(section, "### `measured_eager`, `measured_traced`")
-    assert _documented_fields(measured.split("#### `saved_tensors[]`")[0]) == set(actual["measured_eager"])
-    assert _documented_fields(_section(section, "#### `saved_tensors[]`")) == set(
+    assert documented_fields(doc_section(section, "### Top level")) == set(actual)
+    assert documented_fields(doc_section(section, "### `comparison[]`")) == set(actual["comparison"][0])
+    measured = doc_section(section, "### `measured_eager`, `measured_traced`")
+    assert documented_fields(measured.split("#### `saved_tensors[]`")[0]) == set(actual["measured_eager"])
+    assert documented_fields(doc_section(section, "#### `saved_tensors[]`")) == set(
         actual["measured_eager"]["saved_tensors"][0])
 
 
@@ -807,7 +787,7 @@ def test_cli_doc_examples_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, c
     """Every example of the command's section runs as written: success, or — when the line documents an
     error in a comment — that one-line error."""
     doc = (DOCS / "cli.md").read_text()
-    files, lines = _command_lines(_section(doc, f"## `budgetplan {command}"))
+    files, lines = _command_lines(doc_section(doc, f"## `budgetplan {command}"))
     assert len(lines) >= 3
     monkeypatch.chdir(tmp_path)
     for name, body in files.items():
@@ -815,7 +795,7 @@ def test_cli_doc_examples_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, c
     for line in lines:
         text, _, comment = line.partition("  # ")
         text = text.split(" | ", 1)[0].strip()  # the part before a pipe is the budgetplan command
-        result = invoke(*_argv(text))
+        result = invoke(*cli_argv(text))
         if comment.startswith("error:"):
             expected = comment.removeprefix("error: ").split("...", 1)[0].strip()
             assert_cli_error(result, expected)
