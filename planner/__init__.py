@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 try:
     __version__ = version("budgetplan")
@@ -11,4 +12,18 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
 
 from budgetplan.errors import BudgetplanError, InputError
 
-__all__ = ["BudgetplanError", "InputError", "__version__"]
+__all__ = ["BudgetplanError", "CompiledModule", "InputError", "__version__", "compile", "plan"]
+
+# Imported on first use (module __getattr__): ``import budgetplan`` stays light (no tracing/solver modules).
+_LAZY = {"compile": "budgetplan.compile", "CompiledModule": "budgetplan.compile", "plan": "budgetplan.compile"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        # importing the submodule ``budgetplan.compile`` bound that name to the module: rebind the function
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'budgetplan' has no attribute {name!r}")

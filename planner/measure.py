@@ -26,6 +26,10 @@ bytes and FLOPs:
 
 Channel subsets are measured as full tensors: PyTorch eager computes the whole gradient of a parameter
 that requires grad (``channel_subsets_measured_as_full`` says when this applied).
+
+``measure_step(module, inputs, None)`` measures a module as it is set up: the trained parameters are
+exactly those with ``requires_grad=True`` (e.g. a :class:`budgetplan.compile.CompiledModule`, whose
+channel subsets are small row parameters; their gradients and optimizer state are measured as they are).
 """
 
 from __future__ import annotations
@@ -265,7 +269,7 @@ def _phase(tracker: _LiveBytes, name: str) -> Iterator[None]:
 def measure_step(
     model: nn.Module,
     example_inputs: tuple[torch.Tensor, ...] | torch.Tensor,
-    update: UpdateSet,
+    update: UpdateSet | None,
     *,
     optimizer: str = "sgd",
     lr: float = 0.01,
@@ -281,6 +285,8 @@ def measure_step(
         update: which parameters are trained (``requires_grad=True``); validated against the model.
             Channel subsets train the whole tensor in eager PyTorch (reported as
             ``channel_subsets_measured_as_full``). An empty set measures the forward pass only.
+            ``None``: train exactly the parameters that have ``requires_grad=True`` (the module as set up,
+            e.g. a compiled module; ``requires_grad`` flags are left as they are).
         optimizer: ``"sgd"`` (no momentum), ``"sgd-momentum"`` (momentum 0.9) or ``"adam"``; the
             for-loop (non-foreach) implementations are used.
         lr: learning rate (> 0).
@@ -305,13 +311,14 @@ def measure_step(
         isinstance(t, torch.Tensor) for t in example_inputs
     ):
         raise InputError("example inputs must be a tensor or a tuple of tensors")
-    update = update.validated(model)
+    if update is not None:
+        update = update.validated(model)
 
     with torch.random.fork_rng(devices=[]):
         return _measure(model, tuple(example_inputs), update, optimizer, float(lr), loss)
 
 
-def _count_flops(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], update: UpdateSet,
+def _count_flops(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], update: UpdateSet | None,
                  loss_name: str, backward: bool) -> tuple[int, int]:
     """Forward and backward FLOPs of the same step on another copy, under FlopCounterMode.
 
@@ -320,7 +327,7 @@ def _count_flops(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], upd
     """
     net = copy.deepcopy(model)
     for name, p in net.named_parameters():
-        p.requires_grad_(update.is_updated(name))
+        p.requires_grad_(p.requires_grad if update is None else update.is_updated(name))
     inputs = tuple(t.detach().clone() for t in example_inputs)
     fwd_counter = FlopCounterMode(display=False)
     with fwd_counter:
@@ -338,7 +345,7 @@ def _count_flops(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], upd
 def _measure(
     model: nn.Module,
     example_inputs: tuple[torch.Tensor, ...],
-    update: UpdateSet,
+    update: UpdateSet | None,
     optimizer_name: str,
     lr: float,
     loss_name: str,
@@ -350,7 +357,7 @@ def _measure(
     notes: list[str] = []
     trained: list[nn.Parameter] = []
     for name, p in net.named_parameters():
-        wanted = update.is_updated(name)
+        wanted = p.requires_grad if update is None else update.is_updated(name)
         if wanted and not (p.is_floating_point() or p.is_complex()):
             raise InputError(f"parameter {name!r} has dtype {p.dtype} and cannot be trained")
         p.requires_grad_(wanted)
@@ -359,7 +366,7 @@ def _measure(
             trained.append(p)
     inputs = tuple(t.detach().clone() for t in example_inputs)
     opt = _make_optimizer(optimizer_name, trained, lr) if trained else None
-    subsets = update.has_channel_subsets()
+    subsets = update is not None and update.has_channel_subsets()
     if subsets:
         notes.append(
             "channel subsets measured as full tensors: eager PyTorch computes the whole gradient of a "

@@ -1,0 +1,675 @@
+"""``budgetplan.compile(model, plan)``: turn a plan into a trainable module (docs/api.md).
+
+The returned :class:`CompiledModule` wraps the user's module **in place** (no copy of the weights):
+
+* parameters the plan does not train get ``requires_grad=False``; parameters trained whole stay
+  ordinary parameters with ``requires_grad=True``;
+* a parameter trained on a **channel subset** (rows along dim 0) keeps its full tensor under its
+  original name, frozen (``requires_grad=False``), and gains a small trainable ``nn.Parameter`` of shape
+  ``[len(rows), ...]`` held by the compiled module (``compiled.rows``). The owning module's forward is
+  replaced (an instance attribute, removed again by :meth:`CompiledModule.release`) by one that calls a
+  custom ``torch.autograd.Function``:
+
+  - ``nn.Conv1d/2d/3d`` (exactly these classes, any ``groups``) and ``nn.Linear``: forward is the ordinary
+    op on the full tensor; backward computes the weight gradient of the selected output channels only
+    (grad_output sliced to those channels; for grouped and depthwise convolutions the matching input
+    channels are gathered) and the bias gradient as the sum over the selected channels. It saves the
+    op's input only when a weight gradient is needed, and the full weight (a parameter, not an
+    activation) only when the input needs a gradient;
+  - any other module (BatchNorm/LayerNorm affine, subclasses with their own forward, embeddings, ...):
+    the generic fallback substitutes ``full.detach().index_put(rows)`` for the parameter while the
+    module's own forward runs: a full-size copy of that tensor per forward, whose gradient is computed
+    in full and then indexed.
+
+  The full tensor and the rows are kept in sync by version counters: before each use, rows changed by
+  the optimizer are written into the full tensor, and a full tensor changed by someone else
+  (``load_state_dict``) is read back into the rows. So ``compiled.state_dict()`` (and
+  ``model.state_dict()`` after :meth:`CompiledModule.sync`) has exactly the original keys and shapes with
+  the trained values, and frozen rows are never written (bit-identical by construction).
+
+Units: bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import types
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from budgetplan.errors import InputError
+from budgetplan.update_set import UpdateSet, from_plan_json
+
+__all__ = ["BATCHNORM_POLICIES", "CompiledModule", "compile", "plan"]
+
+BatchNormPolicy = Literal["frozen", "train"]
+#: ``frozen`` (default): BatchNorm layers stay in eval mode while the compiled module trains (running
+#: statistics are neither used from the batch nor updated); ``train``: they follow ``train()``/``eval()``.
+BATCHNORM_POLICIES: tuple[str, ...] = ("frozen", "train")
+
+_STATE = "_budgetplan_rows"  # instance attribute on an owner module: attr name -> _Slot
+_BN_TRAIN = "train"  # instance attribute overriding BatchNorm.train under the ``frozen`` policy
+_FAST_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+# --------------------------------------------------------------------------------------------------
+# One parameter trained on a subset of its rows
+# --------------------------------------------------------------------------------------------------
+
+
+class _Slot:
+    """The full tensor (frozen, under its original name), its trainable rows and their dim-0 indices."""
+
+    def __init__(self, name: str, owner: nn.Module, attr: str, rows_index: tuple[int, ...]) -> None:
+        full = owner._parameters[attr]
+        assert full is not None
+        self.name = name
+        self.owner = owner
+        self.attr = attr
+        self.full: nn.Parameter = full
+        self.channels = rows_index
+        self.index = torch.tensor(rows_index, dtype=torch.long, device=full.device)
+        with torch.no_grad():
+            self.rows = nn.Parameter(full.detach().index_select(0, self.index).clone(), requires_grad=True)
+        self.rows_seen = self.rows._version
+        self.full_seen = full._version
+
+    def sync(self) -> None:
+        """Make the full tensor and the rows agree: rows changed since the last sync are written into the
+        full tensor; else a full tensor changed (or replaced) by someone else is read into the rows."""
+        current = self.owner._parameters.get(self.attr)
+        if current is not None and current is not self.full:  # replaced (load_state_dict(assign=True))
+            self.full = current
+            current.requires_grad_(False)
+            self.full_seen = -1
+        if self.index.device != self.full.device:
+            self.index = self.index.to(self.full.device)
+        with torch.no_grad():
+            if self.rows._version != self.rows_seen:
+                self.full.index_copy_(0, self.index, self.rows.detach().to(self.full.dtype))
+            elif self.full._version != self.full_seen:
+                self.rows.copy_(self.full.detach().index_select(0, self.index))
+        self.rows_seen = self.rows._version
+        self.full_seen = self.full._version
+
+    def pull(self) -> None:
+        """Read the full tensor into the rows (after a load)."""
+        self.full_seen = -1
+        self.rows_seen = self.rows._version
+        self.sync()
+
+
+# --------------------------------------------------------------------------------------------------
+# Autograd functions: weight gradients of the selected rows only
+# --------------------------------------------------------------------------------------------------
+
+
+def _sum_but_channel(g: torch.Tensor) -> torch.Tensor:
+    return g.sum(dim=[d for d in range(g.dim()) if d != 1]) if g.dim() > 1 else g
+
+
+class _RowsConv(torch.autograd.Function):
+    """``convolution(x, weight, bias)`` whose backward computes weight/bias gradients of selected rows."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, w_rows: torch.Tensor | None,
+                w_index: torch.Tensor | None, bias: torch.Tensor | None, b_rows: torch.Tensor | None,
+                b_index: torch.Tensor | None, stride: list[int], padding: list[int], dilation: list[int],
+                groups: int) -> torch.Tensor:
+        nd = weight.dim() - 2
+        y = torch.convolution(x, weight, bias, stride, padding, dilation, False, [0] * nd, groups)
+        need_x_grad = ctx.needs_input_grad[0]
+        need_w = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
+        ctx.save_for_backward(x if need_w else None, weight if need_x_grad else None,
+                              w_rows if ctx.needs_input_grad[2] else None)
+        ctx.meta = (tuple(x.shape), tuple(weight.shape), stride, padding, dilation, groups, w_index, b_index,
+                    bias is not None)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, gy: torch.Tensor) -> tuple[Any, ...]:
+        x, weight, w_rows = ctx.saved_tensors
+        x_shape, w_shape, stride, padding, dilation, groups, w_index, b_index, has_bias = ctx.meta
+        nd = len(w_shape) - 2
+        zeros = [0] * nd
+        need = ctx.needs_input_grad
+        gx = gw = gw_rows = gb = gb_rows = None
+        if need[0]:
+            x_like = gy.new_empty(1).expand(x_shape)
+            gx = torch.ops.aten.convolution_backward(gy, x_like, weight, None, stride, padding, dilation, False,
+                                                     zeros, groups, [True, False, False])[0]
+        if need[1]:
+            gw = torch.ops.aten.convolution_backward(gy, x, w_rows if w_rows is not None else
+                                                     gy.new_empty(1).expand(w_shape), None, stride, padding,
+                                                     dilation, False, zeros, groups, [False, True, False])[1]
+        gy_sel = None
+        if need[2]:
+            gy_sel = gy.index_select(1, w_index)
+            k = w_index.numel()
+            if groups == 1:
+                gw_rows = torch.ops.aten.convolution_backward(gy_sel, x, w_rows, None, stride, padding, dilation,
+                                                              False, zeros, 1, [False, True, False])[1]
+            else:
+                cin_g = w_shape[1]
+                cout_g = w_shape[0] // groups
+                group_of = torch.div(w_index, cout_g, rounding_mode="floor")
+                in_index = (group_of[:, None] * cin_g + torch.arange(cin_g, device=w_index.device)).flatten()
+                x_sel = x.index_select(1, in_index)
+                gw_rows = torch.ops.aten.convolution_backward(gy_sel, x_sel, w_rows, None, stride, padding,
+                                                              dilation, False, zeros, k,
+                                                              [False, True, False])[1]
+                del x_sel
+        if has_bias and (need[4] or need[5]):
+            if need[5] and gy_sel is not None and torch.equal(b_index, w_index):
+                gb_rows = _sum_but_channel(gy_sel)
+            else:
+                full = _sum_but_channel(gy)
+                gb = full if need[4] else None
+                gb_rows = full.index_select(0, b_index) if need[5] else None
+        return gx, gw, gw_rows, None, gb, gb_rows, None, None, None, None, None
+
+
+class _RowsLinear(torch.autograd.Function):
+    """``linear(x, weight, bias)`` whose backward computes weight/bias gradients of selected rows."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, w_rows: torch.Tensor | None,
+                w_index: torch.Tensor | None, bias: torch.Tensor | None, b_rows: torch.Tensor | None,
+                b_index: torch.Tensor | None) -> torch.Tensor:
+        y = F.linear(x, weight, bias)
+        need_w = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
+        ctx.save_for_backward(x if need_w else None, weight if ctx.needs_input_grad[0] else None)
+        ctx.meta = (w_index, b_index, bias is not None)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, gy: torch.Tensor) -> tuple[Any, ...]:
+        x, weight = ctx.saved_tensors
+        w_index, b_index, has_bias = ctx.meta
+        need = ctx.needs_input_grad
+        gx = gw = gw_rows = gb = gb_rows = None
+        if need[0]:
+            gx = gy.matmul(weight)
+        gy2 = gy.reshape(-1, gy.shape[-1])
+        if need[1] or need[2]:
+            x2 = x.reshape(-1, x.shape[-1])
+            if need[1]:
+                gw = gy2.t().mm(x2)
+            if need[2]:
+                gw_rows = gy2.index_select(1, w_index).t().mm(x2)
+        if has_bias and (need[4] or need[5]):
+            full = gy2.sum(0)
+            gb = full if need[4] else None
+            gb_rows = full.index_select(0, b_index) if need[5] else None
+        return gx, gw, gw_rows, None, gb, gb_rows, None
+
+
+def _fast_forward(self: nn.Module, input: torch.Tensor) -> torch.Tensor:
+    """Forward of an exact ``nn.ConvNd``/``nn.Linear`` with a channel subset (installed per instance)."""
+    slots: dict[str, _Slot] = self.__dict__[_STATE]
+    for slot in slots.values():
+        slot.sync()
+    w, b = slots.get("weight"), slots.get("bias")
+    args = (self.weight, w.rows if w else None, w.index if w else None,
+            self.bias, b.rows if b else None, b.index if b else None)
+    if isinstance(self, nn.Linear):
+        return _RowsLinear.apply(input, *args)
+    padding = list(self.padding) if not isinstance(self.padding, str) else self.padding
+    if self.padding_mode != "zeros":
+        input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+        padding = [0] * (self.weight.dim() - 2)
+    elif isinstance(padding, str):  # 'same' / 'valid': use the module's resolved padding
+        if padding == "valid":
+            padding = [0] * (self.weight.dim() - 2)
+        else:
+            total = [d * (k - 1) for d, k in zip(self.dilation, self.kernel_size)]
+            if any(t % 2 for t in total):  # asymmetric 'same': pad explicitly
+                pad: list[int] = []
+                for t in reversed(total):
+                    pad += [t // 2, t - t // 2]
+                input = F.pad(input, pad)
+                padding = [0] * len(total)
+            else:
+                padding = [t // 2 for t in total]
+    return _RowsConv.apply(input, *args, list(self.stride), padding, list(self.dilation), self.groups)
+
+
+def _generic_forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    """Fallback forward: the module's own forward with ``full.detach().index_put(rows)`` substituted for
+    each parameter trained on a channel subset (a full-size copy; its full gradient is then indexed)."""
+    slots: dict[str, _Slot] = self.__dict__[_STATE]
+    originals: dict[str, Any] = {}
+    try:
+        for attr, slot in slots.items():
+            slot.sync()
+            originals[attr] = self._parameters[attr]
+            self._parameters[attr] = slot.full.detach().index_put((slot.index,), slot.rows)
+        return type(self).forward(self, *args, **kwargs)
+    finally:
+        for attr, p in originals.items():
+            self._parameters[attr] = p
+
+
+def _frozen_bn_train(self: nn.Module, mode: bool = True) -> nn.Module:
+    """``train()`` of a BatchNorm layer under the ``frozen`` policy: always eval mode."""
+    return nn.Module.train(self, False)
+
+
+# --------------------------------------------------------------------------------------------------
+# The compiled module
+# --------------------------------------------------------------------------------------------------
+
+
+class _Immutable:
+    """Holds an immutable value (an UpdateSet) that ``copy.deepcopy`` shares instead of copying."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _Immutable:
+        return self
+
+
+def _owner(module: nn.Module, name: str) -> tuple[nn.Module, str]:
+    prefix, _, attr = name.rpartition(".")
+    return (module.get_submodule(prefix) if prefix else module), attr
+
+
+class CompiledModule(nn.Module):
+    """The user's module, set up to train exactly an update set (see the module docstring).
+
+    * ``compiled(*args)`` runs ``compiled.module(*args)``; ``compiled.module`` is the user's own module
+      (modified in place: ``requires_grad`` flags, forwards of layers trained on channel subsets,
+      BatchNorm ``train`` under the ``frozen`` policy; :meth:`release` undoes all of it).
+    * ``compiled.parameters()`` = the module's parameters (frozen ones with ``requires_grad=False``) plus
+      the trainable rows; build the optimizer from :meth:`trainable_parameters` (or ``parameters()``).
+    * ``state_dict()``/``load_state_dict()`` use the original module's keys and shapes.
+    """
+
+    def __init__(self, module: nn.Module, update: UpdateSet, *, batchnorm: BatchNormPolicy = "frozen",
+                 example_inputs: tuple[torch.Tensor, ...] | None = None, plan: Any = None) -> None:
+        super().__init__()
+        if batchnorm not in BATCHNORM_POLICIES:
+            raise InputError(f"unknown batchnorm policy {batchnorm!r}; use one of: {', '.join(BATCHNORM_POLICIES)}")
+        self.module = module
+        self.rows = nn.ParameterDict()
+        self.batchnorm: str = batchnorm
+        self.example_inputs = example_inputs
+        self.plan = plan  # the PlanResult or plan document compiled from (for summary()), or None
+        self._slots: dict[str, _Slot] = {}
+        self._requires_grad0 = {n: p.requires_grad for n, p in module.named_parameters()}
+        self._held = _Immutable(UpdateSet.none())
+        self._install(update.validated(module))
+        self.training = module.training
+        self._apply_bn_policy()
+
+    # -- installation -----------------------------------------------------------------------------------
+    def _install(self, update: UpdateSet) -> None:
+        by_owner: dict[nn.Module, dict[str, _Slot]] = {}
+        for name, p in self.module.named_parameters():
+            chans = update.channels(name)
+            if chans is None or chans == ():
+                p.requires_grad_(chans is None)
+                continue
+            if not (p.is_floating_point() or p.is_complex()):
+                raise InputError(f"parameter {name!r} has dtype {p.dtype} and cannot be trained")
+            owner, attr = _owner(self.module, name)
+            slot = _Slot(name, owner, attr, chans)
+            p.requires_grad_(False)
+            self._slots[name] = slot
+            self.rows[name.replace(".", "__")] = slot.rows
+            by_owner.setdefault(owner, {})[attr] = slot
+        for owner, slots in by_owner.items():
+            if _STATE in owner.__dict__ or "forward" in owner.__dict__:
+                raise InputError(f"module {type(owner).__name__} already has its own instance forward; "
+                                 "cannot train a channel subset of it")
+            owner.__dict__[_STATE] = slots
+            fast = type(owner) in _FAST_TYPES and set(slots) <= {"weight", "bias"}
+            owner.__dict__["forward"] = types.MethodType(_fast_forward if fast else _generic_forward, owner)
+        self._held = _Immutable(update)
+
+    def _uninstall(self) -> None:
+        self.sync()
+        for slot in self._slots.values():
+            slot.owner.__dict__.pop(_STATE, None)
+            slot.owner.__dict__.pop("forward", None)
+        self._slots = {}
+        self.rows = nn.ParameterDict()
+
+    def _apply_bn_policy(self) -> None:
+        for m in self.module.modules():
+            if isinstance(m, _BatchNorm):
+                if self.batchnorm == "frozen":
+                    m.__dict__[_BN_TRAIN] = types.MethodType(_frozen_bn_train, m)
+                    nn.Module.train(m, False)
+                else:
+                    m.__dict__.pop(_BN_TRAIN, None)
+                    nn.Module.train(m, self.training)
+
+    # -- the contract ----------------------------------------------------------------------------------
+    @property
+    def update(self) -> UpdateSet:
+        """The update set being trained (canonical, model order)."""
+        return self._held.value
+
+    def set_update(self, update: UpdateSet) -> None:
+        """Train another update set from now on, in place and cheaply (no tracing, no copies of the model).
+
+        The current trained rows are written back into the full tensors first; afterwards the old row
+        parameters are no longer used: **build a new optimizer** from :meth:`trainable_parameters`.
+        Raises :class:`InputError` for a set that does not match the model.
+        """
+        if not isinstance(update, UpdateSet):
+            raise InputError(f"set_update expects an UpdateSet, got {type(update).__name__}")
+        update = update.validated(self.module)
+        self._uninstall()
+        self._install(update)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The tensors the optimizer should update, in model order: whole trained parameters and the row
+        parameters of channel subsets."""
+        out: list[nn.Parameter] = []
+        for name, p in self.module.named_parameters():
+            if name in self._slots:
+                out.append(self._slots[name].rows)
+            elif self.update.channels(name) is None and p.requires_grad:
+                out.append(p)
+        return out
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.module(*args, **kwargs)
+
+    def sync(self) -> None:
+        """Write trained rows into the full tensors now (done automatically before every forward and by
+        ``state_dict()``; call it before reading ``model``'s weights directly after the last step)."""
+        for slot in self._slots.values():
+            slot.sync()
+
+    def train(self, mode: bool = True) -> CompiledModule:
+        """Train/eval mode; under ``batchnorm="frozen"`` BatchNorm layers stay in eval mode."""
+        super().train(mode)
+        self._apply_bn_policy()
+        return self
+
+    def state_dict(self, *args: Any, destination: Any = None, prefix: str = "",
+                   keep_vars: bool = False) -> dict[str, Any]:
+        """The wrapped module's state dict (original keys and shapes), trained rows written in first."""
+        self.sync()
+        return self.module.state_dict(*args, destination=destination, prefix=prefix, keep_vars=keep_vars)
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        """Load an original-model state dict into the wrapped module; the trainable rows are re-read."""
+        result = self.module.load_state_dict(state_dict, strict=strict, assign=assign)
+        for slot in self._slots.values():
+            slot.pull()
+        for name, p in self.module.named_parameters():
+            if name in self._slots or not self.update.is_updated(name):
+                p.requires_grad_(False)
+        return result
+
+    def release(self) -> nn.Module:
+        """Write the rows back, undo every change made to the module (forwards, BatchNorm ``train``,
+        ``requires_grad`` flags as they were) and return it. The compiled module is unusable afterwards."""
+        self._uninstall()
+        for m in self.module.modules():
+            if isinstance(m, _BatchNorm):
+                m.__dict__.pop(_BN_TRAIN, None)
+                nn.Module.train(m, self.training)
+        for name, p in self.module.named_parameters():
+            p.requires_grad_(self._requires_grad0.get(name, p.requires_grad))
+        self._held = _Immutable(UpdateSet.none())
+        return self.module
+
+    # -- figures ---------------------------------------------------------------------------------------
+    @property
+    def row_copy_bytes(self) -> int:
+        """Bytes of the trainable row copies (held besides the full tensors)."""
+        return sum(s.rows.numel() * s.rows.element_size() for s in self._slots.values())
+
+    def trained_elements(self) -> dict[str, int]:
+        """Parameter name -> trained elements (rows x row size, or the whole tensor)."""
+        out: dict[str, int] = {}
+        for name, p in self.module.named_parameters():
+            if name in self._slots:
+                out[name] = self._slots[name].rows.numel()
+            elif self.update.channels(name) is None:
+                out[name] = p.numel()
+        return out
+
+    @contextmanager
+    def plain(self) -> Iterator[nn.Module]:
+        """The wrapped module as PyTorch would run it in this compiled module's modes (train/eval, the
+        BatchNorm policy) but with its original forwards: for tracing and pricing."""
+        saved = {}
+        for slot in self._slots.values():
+            saved[slot.owner] = slot.owner.__dict__.pop("forward", None)
+        try:
+            yield self.module
+        finally:
+            for owner, fwd in saved.items():
+                if fwd is not None:
+                    owner.__dict__["forward"] = fwd
+
+    def estimate(self, *, optimizer: str = "sgd", example_inputs: Any = None,
+                 target: Any = "host") -> Any:
+        """Price one training step of this module as it runs (its update set, its train/BatchNorm modes)
+        with the target's cost model: a :class:`~budgetplan.estimate.TrainingEstimate` (bytes, FLOPs).
+
+        Traces the module (seconds on large models). ``example_inputs`` default to those given to
+        :func:`compile` (or made from the plan's input shapes)."""
+        from budgetplan.graph import build_layer_graph
+        from budgetplan.pipeline import estimate_update, resolve_target
+        from budgetplan.tracing import trace_model
+
+        inputs = _as_inputs(example_inputs) if example_inputs is not None else self.example_inputs
+        if inputs is None:
+            raise InputError("estimate() needs example inputs (none were given to compile)")
+        with self.plain() as module, training_modes(module, self.batchnorm):
+            traced = trace_model(module, inputs)
+            graph = build_layer_graph(traced, inputs)
+        return estimate_update(graph, self.update, resolve_target(target), optimizer=optimizer)
+
+    def summary(self) -> Any:
+        """A rich renderable: what is trained (per parameter: rows, elements, bytes) and the plan's
+        prediction when compiled from a plan."""
+        from rich.console import Group
+        from rich.table import Table
+        from rich.text import Text
+
+        table = Table(title="budgetplan: compiled update set", title_justify="left")
+        for col, just in (("parameter", "left"), ("shape", "left"), ("trained rows", "right"),
+                          ("elements", "right"), ("gradient bytes", "right")):
+            table.add_column(col, justify=just)  # type: ignore[arg-type]
+        total_params = 0
+        for name, p in self.module.named_parameters():
+            total_params += p.numel()
+            if not self.update.is_updated(name):
+                continue
+            chans = self.update.channels(name)
+            elements = self.trained_elements()[name]
+            rows = "all" if chans is None else f"{len(chans)}/{p.shape[0]}"
+            table.add_row(name, "x".join(map(str, p.shape)), rows, f"{elements:,}",
+                          f"{elements * p.element_size():,}")
+        trained = sum(self.trained_elements().values())
+        share = 100.0 * trained / total_params if total_params else 0.0
+        lines = [f"trained {trained:,} of {total_params:,} parameter elements ({share:.2f} %); "
+                 f"{len(self.update)} tensors; BatchNorm {self.batchnorm}; row copies {self.row_copy_bytes:,} bytes"]
+        peak = _plan_peak(self.plan)
+        if peak is not None:
+            lines.append(f"plan: predicted peak {peak[0]:,} bytes of budget {peak[1]:,} bytes ({peak[2]})")
+        return Group(table, Text("\n".join(lines)))
+
+    def print_summary(self) -> None:
+        """Print :meth:`summary` with rich."""
+        from rich.console import Console
+
+        Console().print(self.summary())
+
+
+def _plan_peak(plan: Any) -> tuple[int, int, str] | None:
+    if plan is None:
+        return None
+    if isinstance(plan, dict):
+        try:
+            return int(plan["peak_bytes"]), int(plan["budget_bytes"]), str(plan["target"]["name"])
+        except (KeyError, TypeError, ValueError):
+            return None
+    est = getattr(plan, "estimate", None)
+    if est is None:
+        return None
+    return int(est.peak_bytes), int(getattr(plan, "budget_bytes", 0)), str(est.target)
+
+
+# --------------------------------------------------------------------------------------------------
+# Entry points
+# --------------------------------------------------------------------------------------------------
+
+
+def _as_inputs(example_inputs: Any) -> tuple[torch.Tensor, ...]:
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    if isinstance(example_inputs, (tuple, list)) and all(isinstance(t, torch.Tensor) for t in example_inputs):
+        return tuple(example_inputs)
+    raise InputError("example inputs must be a tensor or a tuple of tensors")
+
+
+@contextmanager
+def training_modes(model: nn.Module, batchnorm: str) -> Iterator[nn.Module]:
+    """``model`` in train mode with BatchNorm layers as ``batchnorm`` says (``frozen``: eval), for pricing
+    the step that a compiled module runs; every module's flag is restored afterwards."""
+    flags = {m: m.training for m in model.modules()}
+    try:
+        nn.Module.train(model, True)
+        if batchnorm == "frozen":
+            for m in model.modules():
+                if isinstance(m, _BatchNorm):
+                    nn.Module.train(m, False)
+        yield model
+    finally:
+        for m, flag in flags.items():
+            m.training = flag
+
+
+def _trace_graph(model: nn.Module, inputs: tuple[torch.Tensor, ...], group_size: int = 1) -> Any:
+    from budgetplan.graph import build_layer_graph
+    from budgetplan.tracing import trace_model
+
+    traced = trace_model(model, inputs)
+    return build_layer_graph(traced, inputs, group_size=group_size)
+
+
+def _inputs_from_document(document: dict[str, Any]) -> tuple[torch.Tensor, ...]:
+    shapes = document.get("model", {}).get("input_shapes")
+    if not isinstance(shapes, dict) or not shapes:
+        raise InputError("the plan records no input shapes; pass example_inputs to compile()")
+    gen = torch.Generator().manual_seed(0)
+    try:
+        return tuple(torch.randn(*[int(d) for d in shape], generator=gen) for shape in shapes.values())
+    except (TypeError, ValueError):
+        raise InputError(f"the plan's input shapes are malformed: {shapes}") from None
+
+
+def compile(model: nn.Module, plan: Any, *, example_inputs: Any = None,
+            batchnorm: BatchNormPolicy = "frozen", check: bool = True) -> CompiledModule:  # noqa: A001
+    """Set ``model`` up to train what ``plan`` says and return the :class:`CompiledModule` wrapping it.
+
+    Args:
+        model: the user's ``nn.Module``; modified in place (no weights are copied) — see docs/api.md.
+        plan: a :class:`~budgetplan.planning.PlanResult`, a plan document (dict, docs/plan-format.md), a
+            path to a plan JSON file, or an :class:`~budgetplan.update_set.UpdateSet`.
+        example_inputs: a tensor or tuple of tensors the model takes; used to trace the model for the
+            fingerprint check and by :meth:`CompiledModule.estimate`. Default: seeded random tensors of
+            the plan document's input shapes.
+        batchnorm: ``"frozen"`` (default: BatchNorm layers in eval mode while training — running
+            statistics frozen) or ``"train"`` (they follow ``train()``/``eval()``).
+        check: check a plan document's model fingerprint against ``model`` (traces the model once).
+
+    Raises:
+        InputError: one line — a plan made for another model (fingerprint mismatch), a plan naming a
+            parameter the model does not have, bad indices, an unknown ``batchnorm``, a bad plan file.
+    """
+    from budgetplan.plan_file import check_fingerprint, read_plan
+
+    if not isinstance(model, nn.Module):
+        raise InputError(f"compile expects a torch.nn.Module, got {type(model).__name__}")
+    if batchnorm not in BATCHNORM_POLICIES:
+        raise InputError(f"unknown batchnorm policy {batchnorm!r}; use one of: {', '.join(BATCHNORM_POLICIES)}")
+    if model.__dict__.get(_STATE) is not None or any(_STATE in m.__dict__ for m in model.modules()):
+        raise InputError("this model is already compiled; call release() on the compiled module first")
+    inputs = _as_inputs(example_inputs) if example_inputs is not None else None
+    where = "the plan"
+    document: dict[str, Any] | None = None
+    if isinstance(plan, (str, os.PathLike)):
+        where = str(plan)
+        document = read_plan(Path(plan))
+    elif isinstance(plan, dict):
+        document = plan
+        if document.get("format") not in (None, "budgetplan-plan"):
+            raise InputError("the plan document is not a budgetplan plan (format)")
+    if document is not None:
+        if "update" not in document:
+            raise InputError(f"{where} has no 'update' list")
+        if check and isinstance(document.get("model"), dict) and document["model"].get("fingerprint"):
+            if inputs is None:
+                inputs = _inputs_from_document(document)
+            group_size = int(document["model"].get("group_size", 1) or 1)
+            graph = _trace_graph(model, inputs, group_size)
+            check_fingerprint(document, graph, where)
+        elif inputs is None and isinstance(document.get("model"), dict):
+            try:
+                inputs = _inputs_from_document(document)
+            except InputError:
+                inputs = None
+        update = from_plan_json(json.loads(json.dumps({"update": document["update"]})), model)
+    elif isinstance(plan, UpdateSet):
+        update = plan.validated(model)
+    elif hasattr(plan, "update") and isinstance(getattr(plan, "update"), UpdateSet):  # PlanResult
+        update = plan.update.validated(model)
+    else:
+        raise InputError(f"cannot compile from a {type(plan).__name__}; give a PlanResult, a plan document, "
+                         "a plan file path or an UpdateSet")
+    return CompiledModule(model, update, batchnorm=batchnorm, example_inputs=inputs, plan=plan if not
+                          isinstance(plan, UpdateSet) else None)
+
+
+def plan(model: nn.Module, example_inputs: Any, *, target: Any = "host", ram: str | int | None = None,
+         optimizer: str = "sgd", strategy: str = "ilp", batchnorm: BatchNormPolicy = "frozen",
+         time_limit: float | None = 60.0, group_size: int = 1) -> Any:
+    """Choose what to train for a model object in memory: trace it in the modes a compiled module trains
+    in (train mode, BatchNorm per ``batchnorm``), then :func:`budgetplan.planning.plan_update` under
+    ``ram`` (bytes or ``"256k"``; default the target's usable RAM). Returns the
+    :class:`~budgetplan.planning.PlanResult` (``.update``, ``.estimate.peak_bytes``, ``.fits``)."""
+    from budgetplan.pipeline import resolve_budget, resolve_target
+    from budgetplan.planning import plan_update
+
+    if not isinstance(model, nn.Module):
+        raise InputError(f"plan expects a torch.nn.Module, got {type(model).__name__}")
+    if batchnorm not in BATCHNORM_POLICIES:
+        raise InputError(f"unknown batchnorm policy {batchnorm!r}; use one of: {', '.join(BATCHNORM_POLICIES)}")
+    inputs = _as_inputs(example_inputs)
+    device = resolve_target(target)
+    budget = resolve_budget(device, ram)
+    with training_modes(model, batchnorm):
+        graph = _trace_graph(model, inputs, group_size)
+    return plan_update(graph, device, budget, strategy=strategy, optimizer=optimizer, time_limit=time_limit,
+                       model_module=model)
+
+
+class _CallableModule(types.ModuleType):
+    """``budgetplan.compile`` is both this submodule and the function: once the submodule is imported,
+    Python binds the package attribute ``compile`` to the module, so the module forwards calls."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> CompiledModule:
+        return compile(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
