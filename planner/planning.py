@@ -227,6 +227,161 @@ def _fixed_set(strategy: str, graph: LayerGraph, last_k: int | None) -> UpdateSe
     return UpdateSet({n: None for n in names if n in chosen})
 
 
+class Planner:
+    """Everything that re-planning one model on one target under one budget shares.
+
+    Building the linear cost model (and, on ``mcu`` targets, the memory layout) costs 0.1–1 s on a
+    MobileNetV2; a per-epoch re-selection (:mod:`budgetplan.reselect`) calls :meth:`plan` every epoch with
+    new scores, so the planner builds them once, on first use, and reuses them. ``plan_update`` is
+    ``Planner(...).plan(...)``.
+
+    The constraints of every plan are fixed here: ``budget_bytes`` (bytes), ``max_flops`` (forward +
+    backward FLOPs of one step), ``max_latency_s`` (seconds, the target's latency estimate), and the
+    solver options ``solver``, ``time_limit`` (seconds) and ``gap`` (relative).
+    """
+
+    def __init__(
+        self,
+        graph: LayerGraph,
+        target: Target,
+        budget_bytes: int,
+        *,
+        optimizer: str = "sgd",
+        reorder: bool = True,
+        solver: str = "auto",
+        time_limit: float | None = None,
+        gap: float | None = None,
+        max_flops: float | None = None,
+        max_latency_s: float | None = None,
+    ) -> None:
+        if budget_bytes <= 0:
+            raise InputError(f"the budget must be positive, got {budget_bytes} bytes")
+        self.graph = graph
+        self.target = target
+        self.budget_bytes = budget_bytes
+        self.optimizer = optimizer
+        self.reorder = reorder
+        self.solver = solver
+        self.time_limit = time_limit
+        self.gap = gap
+        self.max_flops = max_flops
+        self.max_latency_s = max_latency_s
+        self.layout = mcu_layout(graph, target) if target.family == "mcu" else None
+        self._linear: LinearCostModel | None = None
+        self._classes: dict[str, list[str]] | None = None
+
+    @property
+    def linear_model(self) -> LinearCostModel:
+        """The linear upper bound of the step's live bytes (built on first use, then reused)."""
+        if self._linear is None:
+            if self.target.family == "mcu":
+                self._linear = linear_cost_mcu(self.graph, self.target, optimizer=self.optimizer,
+                                               reorder=self.reorder, layout=self.layout)
+            else:
+                self._linear = linear_cost_host(self.graph, self.target, optimizer=self.optimizer)
+        return self._linear
+
+    def interchangeable(self) -> dict[str, list[str]]:
+        """The classes of interchangeable group variables (see :class:`_Counted`), computed once."""
+        if self._classes is None:
+            self._classes = _interchangeable(self.linear_model)
+        return self._classes
+
+    def price(self, update: UpdateSet) -> TrainingEstimate:
+        """The exact cost model's estimate of one step training ``update`` (bytes)."""
+        return _price(self.graph, update, self.target, self.optimizer, self.reorder, self.budget_bytes,
+                      self.layout)
+
+    def group_scores(self, scores: str | Mapping[str, Sequence[float] | float]) -> dict[str, float]:
+        """Score per group variable (see :func:`group_scores`)."""
+        return group_scores(self.linear_model, scores)
+
+    def _flop_cap(self) -> float | None:
+        model = self.linear_model
+        flop_cap = None
+        if self.max_flops is not None:
+            flop_cap = self.max_flops - model.forward_flops
+        if self.max_latency_s is not None:
+            latency_cap = 2 * self.max_latency_s * self.target.macs_per_second - model.forward_flops
+            flop_cap = latency_cap if flop_cap is None else min(flop_cap, latency_cap)
+        if flop_cap is not None and flop_cap < 0:
+            raise InputError("the FLOP/latency bound is below the forward pass alone; nothing can be trained")
+        return flop_cap
+
+    def plan(
+        self,
+        *,
+        strategy: str = "ilp",
+        scores: str | Mapping[str, Sequence[float] | float] = "params",
+        seed: int = 0,
+        last_k: int | None = None,
+        config: Any = None,
+        model_module: Any = None,
+        warm_start: UpdateSet | None = None,
+    ) -> PlanResult:
+        """Choose what to train; the result is re-priced with the exact cost model.
+
+        ``warm_start`` (``ilp`` only): an update set handed to the solver as its initial point (HiGHS
+        ``setSolution``, CBC ``mipstart``); it changes how fast the solver finds a good plan, never which
+        plans are allowed. A start that does not satisfy the bound is ignored by the solver.
+        """
+        graph, target, budget_bytes = self.graph, self.target, self.budget_bytes
+        notes: list[str] = []
+        if strategy == "config" or strategy.startswith("config:") or config is not None:
+            if model_module is None:
+                raise InputError("a sparse-update config needs the model to resolve layer indices")
+            update = from_sparse_update_config(config if config is not None else strategy[len("config:"):],
+                                               model_module)
+            return PlanResult("config", "-", budget_bytes, update, self.price(update), 0.0, 0, 0, notes=notes)
+        if strategy not in STRATEGIES:
+            raise InputError(f"unknown strategy '{strategy}'; use one of: {', '.join(STRATEGIES)}, config:PATH")
+        if strategy in ("full", "bias-only", "last-k"):
+            update = _fixed_set(strategy, graph, last_k)
+            return PlanResult(strategy, "-", budget_bytes, update, self.price(update), 0.0, 0, 0, notes=notes)
+
+        model = self.linear_model
+        score = group_scores(model, scores)
+        score_name = scores if isinstance(scores, str) else "user"
+        flop_cap = self._flop_cap()
+
+        solver_info: dict[str, Any] | None = None
+        if strategy == "ilp":
+            warm = model.assignment(warm_start, graph) if warm_start is not None else None
+            values, solver_info = _solve_ilp(model, score, budget_bytes, flop_cap, self.solver, self.time_limit,
+                                             self.gap, classes=self.interchangeable(), warm=warm)
+        else:
+            groups = [g for g in model.groups if score[g.var] > 0]
+            if strategy == "greedy":
+                # the seed's order: score per parameter, best first; ties: later layers (cheaper) first
+                position = {g.var: i for i, g in enumerate(model.groups)}
+                groups.sort(key=lambda g: (-score[g.var] / g.elements, -position[g.var]))
+            else:
+                random.Random(seed).shuffle(groups)
+            values = _fill(model, [g.var for g in groups], budget_bytes, flop_cap)
+
+        update = update_from_values(model, values, graph)
+        solver_gave_up = solver_info is not None and solver_info["status"] not in ("optimal", "feasible",
+                                                                                   "infeasible")
+        if update.is_empty and solver_gave_up:
+            notes.append(f"the solver stopped without a plan ({solver_info['status']}: {solver_info['message']}); "
+                         "raise --time-limit or use --strategy greedy")
+        elif update.is_empty:
+            smallest, var = smallest_useful_budget(model)
+            if var is not None:
+                group = next(g for g in model.groups if g.var == var)
+                notes.append(f"nothing can be trained within {budget_bytes} bytes; the cheapest single group "
+                             f"({group.parameter} rows {group.start}:{group.stop}) needs {int(smallest)} bytes")
+        est = self.price(update)
+        assignment = model.assignment(update, graph)
+        bound = max((v for _, v in model.evaluate(assignment)), default=0.0)
+        selected = sum(1 for g in model.groups if values.get(g.var))
+        objective = sum(score[g.var] for g in model.groups if values.get(g.var))
+        if est.peak_bytes > budget_bytes and not update.is_empty:
+            notes.append("the exact re-pricing exceeds the budget although the bound fit: please report this")
+        return PlanResult(strategy, score_name, budget_bytes, update, est, objective, selected, len(model.groups),
+                          solver=solver_info, bound_peak_bytes=bound, notes=notes)
+
+
 def plan_update(
     graph: LayerGraph,
     target: Target,
@@ -250,73 +405,12 @@ def plan_update(
 
     ``max_flops`` bounds forward + backward FLOPs of the step; ``max_latency_s`` bounds the target's
     latency estimate. ``config`` (with ``model_module``) is a tiny-training sparse-update config.
+    To plan the same model and budget repeatedly (new scores every epoch), keep a :class:`Planner`.
     """
-    if budget_bytes <= 0:
-        raise InputError(f"the budget must be positive, got {budget_bytes} bytes")
-    layout = mcu_layout(graph, target) if target.family == "mcu" else None
-    notes: list[str] = []
-    if strategy == "config" or strategy.startswith("config:") or config is not None:
-        if model_module is None:
-            raise InputError("a sparse-update config needs the model to resolve layer indices")
-        update = from_sparse_update_config(config if config is not None else strategy[len("config:"):],
-                                           model_module)
-        est = _price(graph, update, target, optimizer, reorder, budget_bytes, layout)
-        return PlanResult("config", "-", budget_bytes, update, est, 0.0, 0, 0, notes=notes)
-    if strategy not in STRATEGIES:
-        raise InputError(f"unknown strategy '{strategy}'; use one of: {', '.join(STRATEGIES)}, config:PATH")
-    if strategy in ("full", "bias-only", "last-k"):
-        update = _fixed_set(strategy, graph, last_k)
-        est = _price(graph, update, target, optimizer, reorder, budget_bytes, layout)
-        return PlanResult(strategy, "-", budget_bytes, update, est, 0.0, 0, 0, notes=notes)
-
-    if target.family == "mcu":
-        model = linear_cost_mcu(graph, target, optimizer=optimizer, reorder=reorder, layout=layout)
-    else:
-        model = linear_cost_host(graph, target, optimizer=optimizer)
-    score = group_scores(model, scores)
-    score_name = scores if isinstance(scores, str) else "user"
-    flop_cap = None
-    if max_flops is not None:
-        flop_cap = max_flops - model.forward_flops
-    if max_latency_s is not None:
-        latency_cap = 2 * max_latency_s * target.macs_per_second - model.forward_flops
-        flop_cap = latency_cap if flop_cap is None else min(flop_cap, latency_cap)
-    if flop_cap is not None and flop_cap < 0:
-        raise InputError("the FLOP/latency bound is below the forward pass alone; nothing can be trained")
-
-    solver_info: dict[str, Any] | None = None
-    if strategy == "ilp":
-        values, solver_info = _solve_ilp(model, score, budget_bytes, flop_cap, solver, time_limit, gap)
-    else:
-        groups = [g for g in model.groups if score[g.var] > 0]
-        if strategy == "greedy":
-            # the seed's order: score per parameter, best first; ties: later layers (cheaper) first
-            position = {g.var: i for i, g in enumerate(model.groups)}
-            groups.sort(key=lambda g: (-score[g.var] / g.elements, -position[g.var]))
-        else:
-            random.Random(seed).shuffle(groups)
-        values = _fill(model, [g.var for g in groups], budget_bytes, flop_cap)
-
-    update = update_from_values(model, values, graph)
-    solver_gave_up = solver_info is not None and solver_info["status"] not in ("optimal", "feasible", "infeasible")
-    if update.is_empty and solver_gave_up:
-        notes.append(f"the solver stopped without a plan ({solver_info['status']}: {solver_info['message']}); "
-                     "raise --time-limit or use --strategy greedy")
-    elif update.is_empty:
-        smallest, var = smallest_useful_budget(model)
-        if var is not None:
-            group = next(g for g in model.groups if g.var == var)
-            notes.append(f"nothing can be trained within {budget_bytes} bytes; the cheapest single group "
-                         f"({group.parameter} rows {group.start}:{group.stop}) needs {int(smallest)} bytes")
-    est = _price(graph, update, target, optimizer, reorder, budget_bytes, layout)
-    assignment = model.assignment(update, graph)
-    bound = max((v for _, v in model.evaluate(assignment)), default=0.0)
-    selected = sum(1 for g in model.groups if values.get(g.var))
-    objective = sum(score[g.var] for g in model.groups if values.get(g.var))
-    if est.peak_bytes > budget_bytes and not update.is_empty:
-        notes.append("the exact re-pricing exceeds the budget although the bound fit: please report this")
-    return PlanResult(strategy, score_name, budget_bytes, update, est, objective, selected, len(model.groups),
-                      solver=solver_info, bound_peak_bytes=bound, notes=notes)
+    planner = Planner(graph, target, budget_bytes, optimizer=optimizer, reorder=reorder, solver=solver,
+                      time_limit=time_limit, gap=gap, max_flops=max_flops, max_latency_s=max_latency_s)
+    return planner.plan(strategy=strategy, scores=scores, seed=seed, last_k=last_k, config=config,
+                        model_module=model_module)
 
 
 @dataclass
@@ -351,17 +445,25 @@ def _interchangeable(model: LinearCostModel) -> dict[str, list[str]]:
 
 
 def _solve_ilp(model: LinearCostModel, score: dict[str, float], budget: int, flop_cap: float | None,
-               solver: str, time_limit: float | None, gap: float | None) -> tuple[dict[str, int], dict[str, Any]]:
+               solver: str, time_limit: float | None, gap: float | None, *,
+               classes: Mapping[str, list[str]] | None = None,
+               warm: Mapping[str, int] | None = None) -> tuple[dict[str, int], dict[str, Any]]:
     """Build and solve the ILP. Interchangeable groups of a parameter are replaced by a binary-encoded
     count (an exact reformulation: see :class:`_Counted`), which removes the solver's symmetric branches
-    and shrinks the model from thousands of group variables to a few per layer."""
+    and shrinks the model from thousands of group variables to a few per layer.
+
+    ``classes``: :func:`_interchangeable` of ``model`` when the caller has it already. ``warm``: a 0/1
+    value per variable of ``model`` (a previous plan's assignment) to start the solver from; a counted
+    class starts at the number of its members that are on."""
     position = {g.var: i for i, g in enumerate(model.groups)}
     counted: list[_Counted] = []
     replace: dict[str, list[tuple[str, float]]] = {}  # group var -> [(bit var, weight)] (its share)
     extra_constraints: list[Constraint] = []
     extra_continuous: list[str] = []
     objective: dict[str, float] = {}
-    for n, (name, members) in enumerate(sorted(_interchangeable(model).items())):
+    if classes is None:
+        classes = _interchangeable(model)
+    for n, (name, members) in enumerate(sorted(classes.items())):
         members = sorted(members, key=lambda v: (-score.get(v, 0.0), position[v]))  # ties: channel order
         width = max(1, math.ceil(math.log2(len(members) + 1)))
         bits = [f"n{n}_b{j}" for j in range(width)]
@@ -435,8 +537,16 @@ def _solve_ilp(model: LinearCostModel, score: dict[str, float], budget: int, flo
     binaries = [v for v in model.binaries if v not in replace] + [b for c in counted for b in c.bits]
     problem = SelectionProblem(binaries=binaries, objective=LinearExpr(objective), constraints=constraints,
                                implications=implications, continuous=[_PERSISTENT, *extra_continuous])
+    start_values: dict[str, int] | None = None
+    if warm is not None:
+        binary_set = set(binaries)
+        start_values = {v: int(bool(x)) for v, x in warm.items() if v in binary_set}
+        for c in counted:
+            n = min(sum(1 for v in c.members if warm.get(v)), len(c.members))
+            for j, bit in enumerate(c.bits):
+                start_values[bit] = (n >> j) & 1
     started = time.perf_counter()
-    result: SolveResult = solve(problem, solver=solver, time_limit=time_limit, gap=gap)
+    result: SolveResult = solve(problem, solver=solver, time_limit=time_limit, gap=gap, warm_start=start_values)
     values = {v: x for v, x in result.values.items() if v not in {b for c in counted for b in c.bits}}
     for c in counted:
         n = sum(2 ** j * result.values.get(bit, 0) for j, bit in enumerate(c.bits))
