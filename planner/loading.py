@@ -46,7 +46,6 @@ import torch
 from torch import nn
 from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind, TensorArgument
-from torch.export.pt2_archive import constants as pt2
 
 from budgetplan.errors import BudgetplanError, InputError, ModelLoadError
 
@@ -422,6 +421,9 @@ def _pt2_unsafe_members(archive: _Archive) -> list[str]:
     pickle, and sample inputs with ``torch.load`` falling back to ``weights_only=False``. The members
     that a ``weights_only`` load accepts are safe; everything else is reported.
     """
+    # imported here: the package pulls in torch._dynamo (~2-3 s), which only .pt2 files need
+    from torch.export.pt2_archive import constants as pt2
+
     unsafe: list[str] = []
     for member in archive.names:
         prefix, suffix = pt2.MODELS_FILENAME_FORMAT.split("{}")
