@@ -158,6 +158,12 @@ class LayerGraph:
 class _AtenRecorder(TorchDispatchMode):
     """Records every ATen op dispatched while active."""
 
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        # PyTorch wraps a mode's __torch_dispatch__ in torch._dynamo.disable unless told otherwise; that
+        # imports torch._dynamo on first use (2-3 s) and adds a wrapper per op. Nothing here compiles.
+        return False
+
     def __init__(self, keep_alive: list[Any]) -> None:
         super().__init__()
         self.calls: list[AtenCall] = []
