@@ -9,8 +9,8 @@ that runs the traced graph once on real example inputs and, for every node, reco
   of a storage that already exists, by storage identity;
 * the parameters and buffers it reads, by their qualified names in ``model.named_parameters()``.
 
-:func:`build_layer_graph` turns that record into a :class:`LayerGraph` (a ``networkx.DiGraph`` plus the
-execution order), the representation every later pass works on.
+:func:`build_layer_graph` turns that record into a :class:`LayerGraph` (the layers and their producers plus
+the execution order, available as a ``networkx.DiGraph``), the representation every later pass works on.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import operator
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
-import networkx as nx
 import torch
 import torch.fx as fx
 from torch import nn
@@ -33,6 +33,9 @@ from budgetplan.cost_models.flops import op_flops
 from budgetplan.cost_models.meta import TensorMeta, to_meta
 from budgetplan.errors import TraceError
 from budgetplan.tracing import TracedModel
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 # Ops whose weight's dim 0 indexes output neurons: their parameters are split into neuron groups.
 GROUP_OWNER_OPS = {"conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
@@ -124,7 +127,7 @@ class Layer:
 class LayerGraph:
     """The traced model as a dataflow graph of :class:`Layer` nodes, plus execution order and metadata."""
 
-    graph: nx.DiGraph
+    nodes: dict[str, dict[str, Any]]  # node name -> attributes: layers (key "layer") and inputs ("input:x")
     order: list[str]  # layer names in execution order
     parameters: dict[str, TensorMeta]  # every parameter by qualified name
     buffers: dict[str, TensorMeta]
@@ -142,10 +145,25 @@ class LayerGraph:
     def layers(self) -> Iterator[Layer]:
         """Layers in execution order."""
         for name in self.order:
-            yield self.graph.nodes[name]["layer"]  # input nodes ('input:x') carry layer=None
+            yield self.nodes[name]["layer"]  # input nodes ('input:x') carry layer=None
 
     def layer(self, name: str) -> Layer:
-        return self.graph.nodes[name]["layer"]
+        return self.nodes[name]["layer"]
+
+    @cached_property
+    def graph(self) -> nx.DiGraph:
+        """The dataflow graph as a ``networkx.DiGraph``: a node per layer (attribute ``layer``) and per
+        model input (``input:<name>``, attribute ``input``), an edge from each producer to its consumers.
+        Built on first use (importing networkx costs ~0.3 s that planning does not need)."""
+        import networkx as nx
+
+        graph = nx.DiGraph()
+        for name, attrs in self.nodes.items():
+            graph.add_node(name, **attrs)
+        for name in self.order:
+            for producer in self.nodes[name]["layer"].inputs:
+                graph.add_edge(producer, name)
+        return graph
 
     def group_owners(self) -> list[Layer]:
         """Layers whose weight is split into neuron groups (conv, linear, matmul with a weight)."""
@@ -317,7 +335,7 @@ def build_layer_graph(
     storage_owner: dict[int, str] = {}  # storage key -> producing layer name or input:<name>
     storages: dict[int, StorageInfo] = {}
     last_use: dict[int, int] = {}
-    graph = nx.DiGraph()
+    nodes: dict[str, dict[str, Any]] = {}
     order: list[str] = []
     output_storages: list[int] = []
 
@@ -329,7 +347,7 @@ def build_layer_graph(
             value = env.get(node)
             if isinstance(value, torch.Tensor):
                 inputs[node.name] = TensorMeta.of(value)
-                graph.add_node(f"input:{node.name}", layer=None, input=inputs[node.name])
+                nodes[f"input:{node.name}"] = {"layer": None, "input": inputs[node.name]}
                 key = _storage_key(value)
                 if key not in storage_owner and key not in param_keys and key not in buffer_keys:
                     nbytes = value.untyped_storage().nbytes()
@@ -418,13 +436,11 @@ def build_layer_graph(
             aten=calls, flops=flops, macs=flops // 2, new_storage_bytes=tuple(new_bytes),
         )
         _assign_neuron_groups(layer, params, group_size)
-        graph.add_node(name, layer=layer)
-        for producer in producers:
-            graph.add_edge(producer, name)
+        nodes[name] = {"layer": layer}
         order.append(name)
 
     return LayerGraph(
-        graph=graph, order=order, parameters=params, buffers=buffers, inputs=inputs, storages=storages,
+        nodes=nodes, order=order, parameters=params, buffers=buffers, inputs=inputs, storages=storages,
         storage_last_use=last_use, output_storages=tuple(output_storages), trace_method=traced.method,
         fallback_reason=traced.fallback_reason, group_size=group_size, graph_module=gm,
         parameter_storages=dict(param_keys), buffer_storages=dict(buffer_keys),

@@ -135,6 +135,13 @@ def test_functional_shared_inplace_depthwise_concat() -> None:
     cat = next(l for l in graph.layers() if l.op == "cat")
     assert cat.output_bytes == 16 * 8 * 8 * 4
     _assert_flops_agree(model, x, graph)
+    # the networkx view: a DAG whose edges are the fx graph's data dependencies between recorded nodes
+    import networkx as nx
+
+    dag = graph.graph
+    assert nx.is_directed_acyclic_graph(dag)
+    assert set(dag.predecessors(cat.name)) == set(cat.inputs) and len(cat.inputs) == 2
+    assert any(name.startswith("input:") for name in dag.nodes) and dag.number_of_nodes() == len(graph) + 1
 
 
 def test_buffers_are_restored_after_recording() -> None:
