@@ -611,6 +611,113 @@ def check(
     raise typer.Exit(0 if passed else 1)
 
 
+#: The files ``budgetplan compile`` writes into its output directory.
+COMPILE_FILES = ("step.py", "schedule.json", "arena.json", "budgetplan_plan.h", "sparse_update_config.json")
+
+
+def _check_output_dir(out: str, force: bool) -> Path:
+    """Refuse an output directory that is a file, whose parent is missing, or that holds files compile
+    would overwrite (unless ``--force``), before any work is done."""
+    d = Path(out)
+    if not out.strip() or out == "-":
+        raise InputError("--out needs a directory path")
+    if d.exists() and not d.is_dir():
+        raise InputError(f"--out {out} is a file; give a directory")
+    if not d.exists() and not d.parent.is_dir():
+        raise InputError(f"cannot create {out}: {d.parent} does not exist")
+    if not force:
+        for name in COMPILE_FILES:
+            if (d / name).exists():
+                raise InputError(f"{d / name} exists; pass --force to overwrite it")
+    return d
+
+
+@app.command("compile")
+@_one_line_errors
+def compile_command(
+    model: ModelArg,
+    plan: Annotated[str, typer.Option("--plan", metavar="PATH", help="The plan file to compile "
+                                      "(written by analyze --out).")],
+    out: Annotated[str, typer.Option("--out", metavar="DIR", help="Directory for step.py, schedule.json, "
+                                     "arena.json, budgetplan_plan.h, sparse_update_config.json.")],
+    loss: Annotated[str, typer.Option("--loss", metavar="sum|cross-entropy",
+                                      help="Loss of the step: sum of the outputs, or cross-entropy on "
+                                           "(N, C) logits with the target as a graph input.")] = "sum",
+    lr: Annotated[float, typer.Option("--lr", metavar="RATE",
+                                      help="SGD learning rate baked into the step.")] = 0.01,
+    batchnorm: Annotated[str, typer.Option("--batchnorm", metavar="frozen|train",
+                                           help="BatchNorm while training: frozen (eval mode) or train.")]
+    = "frozen",
+    input_shape: ShapeOpt = None,
+    weights: WeightsOpt = None,
+    trust_pickle: TrustOpt = False,
+    trace: TraceOpt = "auto",
+    json_out: JsonOpt = None,
+    force: ForceOpt = False,
+) -> None:
+    """Compile a plan: the scheduled training-step graph, its static memory arena and device exports."""
+    from budgetplan.training_step import LOSSES
+
+    _check_output_path(json_out, force)
+    directory = _check_output_dir(out, force)
+    if not Path(plan).is_file():
+        raise InputError(f"plan file not found: {plan}")
+    if not lr > 0:
+        raise InputError(f"--lr must be a positive learning rate, got {lr:g}")
+    if loss not in LOSSES:
+        raise InputError(f"unknown --loss '{loss}'; use one of: {', '.join(LOSSES)}")
+    if batchnorm not in ("frozen", "train"):
+        raise InputError(f"unknown --batchnorm '{batchnorm}'; use frozen or train")
+    if trace not in ("auto", "fx", "export"):
+        raise InputError(f"unknown --trace '{trace}'; use auto, fx or export")
+    from budgetplan.export_device import compile_for_device
+
+    with console.status("tracing, compiling and checking…", spinner="dots"), _quiet_torch():
+        build = compile_for_device(model, plan, input_shape=_shape(input_shape), weights=weights,
+                                   trust_pickle=trust_pickle, trace=trace, loss=loss, lr=lr, batchnorm=batchnorm)
+    try:
+        directory.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create {out}: {exc.strerror or exc}") from None
+    files = {"step.py": build.step.python_source(),
+             "schedule.json": json.dumps(build.step.to_schedule_dict(), indent=1) + "\n",
+             "arena.json": json.dumps(build.arena.to_dict(), indent=1) + "\n",
+             "budgetplan_plan.h": build.header}
+    if build.sparse_config is not None:
+        files["sparse_update_config.json"] = json.dumps(build.sparse_config, indent=2) + "\n"
+    elif (directory / "sparse_update_config.json").exists():
+        (directory / "sparse_update_config.json").unlink()  # stale: would not match this plan (--force)
+    for name, text in files.items():
+        try:
+            (directory / name).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise InputError(f"cannot write {directory / name}: {exc.strerror or exc}") from None
+    summary = build.summary()
+    summary["files"] = [str(directory / name) for name in files]
+    if json_out is not None:
+        _write_json(summary, json_out)
+        if json_out == "-":
+            return
+    a, st = build.arena, build.step
+    target = summary["target"] or "?"
+    console.print(f"compiled {escape(build.model)} with {escape(build.plan_path)} (plan for {escape(target)}): "
+                  f"{len(st.nodes)} ops, {len(st.updates)} parameter updates, each right after its gradient "
+                  f"({st.build_seconds:.1f} s)", soft_wrap=True)
+    console.print(f"arena {a.arena_bytes:,} bytes ({format_bytes(a.arena_bytes)}, {len(a.placements)} buffers, "
+                  f"{a.alignment}-byte aligned) · peak live {a.peak_live_bytes:,} bytes · fragmentation "
+                  f"{100 * a.fragmentation:.2f} % · without reordering {st.unscheduled_peak_bytes:,} bytes · "
+                  f"plan's predicted peak {build.plan_peak_bytes:,} bytes on {escape(target)}", soft_wrap=True)
+    outside = ", ".join(f"{k} {v:,}" for k, v in st.outside_bytes().items())
+    console.print(f"outside the arena (bytes): {outside or 'nothing'}", soft_wrap=True)
+    if build.matches_eager is not None:
+        verdict = "[green]matches[/]" if build.matches_eager else "[red]does not match[/]"
+        console.print(f"the emitted step {verdict} an eager PyTorch step (max |Δ| {build.max_abs_diff:.3g})")
+    for note in build.notes:
+        console.print(f"note: {note}", markup=False, soft_wrap=True)
+    for name in files:
+        err_console.print(f"wrote {directory / name}", markup=False, soft_wrap=True)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()
