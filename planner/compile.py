@@ -32,6 +32,7 @@ Units: bytes.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import sys
@@ -78,19 +79,38 @@ class _Slot:
         self.full: nn.Parameter = full
         self.channels = rows_index
         self.index = torch.tensor(rows_index, dtype=torch.long, device=full.device)
+        #: a contiguous range of rows is a *view* of the full tensor (no copy, nothing to sync)
+        self.start = rows_index[0]
+        self.is_range = rows_index == tuple(range(self.start, self.start + len(rows_index)))
         with torch.no_grad():
-            self.rows = nn.Parameter(full.detach().index_select(0, self.index).clone(), requires_grad=True)
+            if self.is_range:
+                data = full.detach().narrow(0, self.start, len(rows_index))
+            else:
+                data = full.detach().index_select(0, self.index).clone()
+        self.rows = nn.Parameter(data, requires_grad=True)
         self.rows_seen = self.rows._version
         self.full_seen = full._version
 
+    def aliased(self) -> bool:
+        """True when the rows are a live view of the full tensor's storage."""
+        if not self.is_range:
+            return False
+        r, f = self.rows, self.full
+        return (r.untyped_storage().data_ptr() == f.untyped_storage().data_ptr()
+                and r.data_ptr() == f.data_ptr() + self.start * f.stride(0) * f.element_size())
+
     def sync(self) -> None:
         """Make the full tensor and the rows agree: rows changed since the last sync are written into the
-        full tensor; else a full tensor changed (or replaced) by someone else is read into the rows."""
+        full tensor; else a full tensor changed (or replaced) by someone else is read into the rows.
+        Rows that are a view of the full tensor agree by construction (a view broken by ``.to()`` or a
+        load with ``assign=True`` is synced as a copy, then re-made)."""
         current = self.owner._parameters.get(self.attr)
         if current is not None and current is not self.full:  # replaced (load_state_dict(assign=True))
             self.full = current
             current.requires_grad_(False)
             self.full_seen = -1
+        if self.aliased():
+            return
         if self.index.device != self.full.device:
             self.index = self.index.to(self.full.device)
         with torch.no_grad():
@@ -98,6 +118,8 @@ class _Slot:
                 self.full.index_copy_(0, self.index, self.rows.detach().to(self.full.dtype))
             elif self.full._version != self.full_seen:
                 self.rows.copy_(self.full.detach().index_select(0, self.index))
+            if self.is_range and self.rows.dtype == self.full.dtype and self.full.is_contiguous():
+                self.rows.data = self.full.detach().narrow(0, self.start, len(self.channels))
         self.rows_seen = self.rows._version
         self.full_seen = self.full._version
 
@@ -432,8 +454,38 @@ class CompiledModule(nn.Module):
     # -- figures ---------------------------------------------------------------------------------------
     @property
     def row_copy_bytes(self) -> int:
-        """Bytes of the trainable row copies (held besides the full tensors)."""
-        return sum(s.rows.numel() * s.rows.element_size() for s in self._slots.values())
+        """Bytes of the trainable row copies held besides the full tensors (a contiguous range of rows is
+        a view of the full tensor and costs nothing)."""
+        return sum(s.rows.numel() * s.rows.element_size() for s in self._slots.values() if not s.aliased())
+
+    @contextmanager
+    def _stripped(self) -> Iterator[None]:
+        """The module without any of our instance attributes (forwards, row state, BatchNorm ``train``)."""
+        removed: list[tuple[nn.Module, str, Any]] = []
+        for m in self.module.modules():
+            ours = _STATE in m.__dict__
+            for key in (_STATE, "forward", _BN_TRAIN):
+                if key == "forward" and not ours:
+                    continue
+                if key in m.__dict__:
+                    removed.append((m, key, m.__dict__.pop(key)))
+        try:
+            yield
+        finally:
+            for m, key, value in removed:
+                m.__dict__[key] = value
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> CompiledModule:
+        """A deep copy compiled afresh on a deep copy of the module (so row views stay views)."""
+        self.sync()
+        with self._stripped():
+            module = copy.deepcopy(self.module, memo)
+        new = CompiledModule(module, self.update, batchnorm=self.batchnorm,  # type: ignore[arg-type]
+                             example_inputs=self.example_inputs, plan=self.plan)
+        new._requires_grad0 = dict(self._requires_grad0)
+        new.train(self.training)
+        memo[id(self)] = new
+        return new
 
     def trained_elements(self) -> dict[str, int]:
         """Parameter name -> trained elements (rows x row size, or the whole tensor)."""
@@ -449,9 +501,10 @@ class CompiledModule(nn.Module):
     def plain(self) -> Iterator[nn.Module]:
         """The wrapped module as PyTorch would run it in this compiled module's modes (train/eval, the
         BatchNorm policy) but with its original forwards: for tracing and pricing."""
-        saved = {}
+        saved: dict[nn.Module, Any] = {}
         for slot in self._slots.values():
-            saved[slot.owner] = slot.owner.__dict__.pop("forward", None)
+            if slot.owner not in saved:
+                saved[slot.owner] = slot.owner.__dict__.pop("forward", None)
         try:
             yield self.module
         finally:
