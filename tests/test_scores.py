@@ -38,3 +38,49 @@ def test_grad_norm_scores_match_autograd_and_drive_the_plan() -> None:
 
     plan = plan_update(graph, load_target("cortex-m7"), 48 * 1024, strategy="ilp", scores=scores)
     assert plan.fits and plan.objective > 0
+
+
+def test_scores_files_round_trip_and_refuse_bad_input(tmp_path) -> None:
+    import os
+    import pickle
+
+    import pytest
+
+    from budgetplan.errors import InputError
+    from budgetplan.scores import load_scores, save_scores
+
+    scores = {"features.0.weight": [0.5, 1.25, 3.0], "features.1.weight": 2.0}
+    for suffix in (".json", ".pt"):
+        path = save_scores(scores, tmp_path / f"s{suffix}")
+        assert load_scores(path) == scores
+        with pytest.raises(InputError, match="exists"):
+            save_scores(scores, path)
+    # a dict of tensors written by plain torch.save (1-D per group, 0-d whole)
+    torch.save({"a.weight": torch.tensor([1.0, 2.0]), "a.bias": torch.tensor(3.0)}, tmp_path / "t.pth")
+    assert load_scores(tmp_path / "t.pth") == {"a.weight": [1.0, 2.0], "a.bias": 3.0}
+
+    # a pickle that would run code is refused, and the code does not run
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    with open(tmp_path / "evil.pt", "wb") as fh:
+        pickle.dump({"a.weight": Evil()}, fh)
+    with pytest.raises(InputError, match="refused to run code"):
+        load_scores(tmp_path / "evil.pt")
+    assert not marker.exists()
+
+    bad = {"list.json": "[1, 2]", "nan.json": '{"a.weight": [1, NaN]}', "text.json": '{"a.weight": "high"}',
+           "empty.json": "{}", "broken.json": "{"}
+    for name, text in bad.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(InputError) as info:
+            load_scores(tmp_path / name)
+        assert "\n" not in str(info.value)
+    torch.save({"a.weight": torch.ones(2, 2)}, tmp_path / "matrix.pt")
+    with pytest.raises(InputError, match="1-D"):
+        load_scores(tmp_path / "matrix.pt")
+    with pytest.raises(InputError, match="not found"):
+        load_scores(tmp_path / "missing.json")
