@@ -356,6 +356,8 @@ def _row_bindings(module: nn.Module) -> dict[int, tuple[torch.Tensor, torch.Tens
         for slot in slots.values():
             rows, full, index = (getattr(slot, a, None) for a in ("rows", "full", "index"))
             if all(isinstance(t, torch.Tensor) for t in (rows, full, index)):
+                if _storage_key(rows) == _storage_key(full):  # rows are a view of the full weight
+                    continue
                 out[id(rows)] = (full, index)
     return out
 
@@ -386,7 +388,6 @@ def build_training_step(module: nn.Module, example_inputs: Sequence[torch.Tensor
     inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
     _check_args(module, inputs, loss, lr)
     lr = float(lr)
-    original_state = {**dict(module.named_parameters()), **dict(module.named_buffers())}
     if loss == "cross-entropy" and target is None:
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
             out = copy.deepcopy(module)(*[t.clone() for t in inputs])
@@ -437,7 +438,10 @@ def build_training_step(module: nn.Module, example_inputs: Sequence[torch.Tensor
     del work, trained_tensors, bindings
 
     def fresh_args() -> list[torch.Tensor]:
-        out = [original_state[n].detach().clone() for n in names]
+        # a deep copy keeps the aliasing between the module's tensors (rows that are views of a weight)
+        twin = copy.deepcopy(module)
+        state = {**dict(twin.named_parameters()), **dict(twin.named_buffers())}
+        out = [state[n].detach() for n in names]
         out += [t.detach().clone() for t in inputs]
         return out + ([target.clone()] if target is not None else [])
 
