@@ -1,0 +1,64 @@
+"""Compiled-step benchmark: arena bytes vs the schedule's peak and the plan's predicted peak.
+
+For a few zoo models × plans (ILP plans on the ``host`` target and on ``cortex-m7``), it runs what
+``budgetplan compile`` runs (plan → compiled module → scheduled training-step graph → arena → check →
+eager comparison) and prints, in bytes: the arena, the schedule's peak of live arena bytes (the arena's
+lower bound), the same graph's peak without reordering, the plan's predicted peak on its target, the
+fragmentation overhead (arena / peak − 1), whether the emitted step matched an eager step, and the build
+time (trace, profile, schedule, arena; seconds).
+
+The arena holds the float32 PyTorch graph's activations, gradients and temporaries; parameters and the
+input are outside it (``outside`` column). On ``host`` plans the predicted peak is PyTorch eager's
+(every gradient kept to the end, parameters and input included), so compare it with arena + outside;
+on ``cortex-m7`` plans it is tiny-training's int8 runtime, a different quantity (see docs/compile.md).
+
+Run: ``.venv/bin/python benchmarks/arena.py`` (a few minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import functools
+import tempfile
+import time
+from pathlib import Path
+
+from budgetplan.export_device import compile_for_device
+from budgetplan.pipeline import analyze_model
+from budgetplan.plan_file import dumps_plan
+
+print = functools.partial(print, flush=True)  # noqa: A001 - rows appear as they are computed
+
+CASES = [
+    ("tinycnn", (1, 3, 32, 32), "host", "512k"),
+    ("tinycnn", (1, 3, 32, 32), "cortex-m7", "64k"),
+    ("vit-tiny", (1, 3, 32, 32), "host", "2M"),
+    ("mobilenetv2-w0.35", (1, 3, 64, 64), "host", "8M"),
+    ("mobilenetv2-w0.35", (1, 3, 64, 64), "cortex-m7", "128k"),
+    ("mcunet", (1, 3, 64, 64), "cortex-m7", "160k"),
+]
+
+
+def main() -> None:
+    header = (f"{'model':18s} {'input':>9s} {'target':>9s} {'budget':>6s} {'updates':>7s} {'arena':>10s} "
+              f"{'peak live':>10s} {'frag %':>7s} {'no-reorder':>10s} {'outside':>10s} {'plan peak':>10s} "
+              f"{'eager':>6s} {'build s':>7s}")
+    print(header)
+    print("-" * len(header))
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, shape, target, ram in CASES:
+            analysis = analyze_model(name, target=target, ram=ram, input_shape=shape, time_limit=30.0)
+            plan = Path(tmp) / f"{name}-{target}.json"
+            plan.write_text(dumps_plan(analysis.document))
+            started = time.perf_counter()
+            build = compile_for_device(name, plan)
+            seconds = time.perf_counter() - started
+            a = build.arena
+            outside = sum(build.step.outside_bytes().values())
+            print(f"{name:18s} {'x'.join(map(str, shape[2:])):>9s} {target:>9s} {ram:>6s} "
+                  f"{len(build.step.updates):7d} {a.arena_bytes:10d} {a.peak_live_bytes:10d} "
+                  f"{100 * a.fragmentation:7.2f} {build.step.unscheduled_peak_bytes:10d} {outside:10d} "
+                  f"{build.plan_peak_bytes:10d} {str(build.matches_eager):>6s} {seconds:7.1f}")
+
+
+if __name__ == "__main__":
+    main()
