@@ -432,19 +432,14 @@ def measure(
 
 
 def _scores_arg(text: str) -> Any:
-    """``params``/``uniform``, or a JSON file mapping parameter → per-group scores (or one number)."""
+    """``params``/``uniform``, or a scores file (JSON or a tensor file; :func:`budgetplan.scores.load_scores`)."""
     if text in ("params", "uniform"):
         return text
-    path = Path(text)
-    if not path.is_file():
-        raise InputError(f"unknown --objective '{text}'; use params, uniform or a JSON scores file")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{text} is not a JSON scores file: {exc}") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{text}: scores must be a JSON object mapping parameter names to scores")
-    return data
+    if not Path(text).is_file():
+        raise InputError(f"unknown --objective '{text}'; use params, uniform or a scores file (.json, .pt)")
+    from budgetplan.scores import load_scores
+
+    return load_scores(text)
 
 
 @app.command()
@@ -455,7 +450,8 @@ def analyze(
     ram: RamOpt = None,
     objective: Annotated[str, typer.Option("--objective", metavar="params|uniform|FILE",
                                            help="Group scores to maximise: params (parameters trained), "
-                                                "uniform, or a JSON file parameter -> scores.")] = "params",
+                                                "uniform, or a scores file parameter -> scores (.json, or .pt "
+                                                "read with weights_only).")] = "params",
     strategy: Annotated[str, typer.Option("--strategy", metavar="STRATEGY",
                                           help="ilp, greedy, random, bias-only, last-k, full or "
                                                "config:PATH (tiny-training sparse-update config).")] = "ilp",

@@ -297,6 +297,11 @@ def test_user_scores_pick_the_best_rows(tinycnn: nn.Module, tmp_path: Path) -> N
             break
     else:
         pytest.fail("no budget between 20.5k and 24k trains part of fc.weight")
+    # the same scores as a tensor file (torch.save of a dict of tensors) give the same plan
+    tensor_file = tmp_path / "scores.pt"
+    torch.save({"fc.weight": torch.tensor(row_scores)}, tensor_file)
+    same = analyze("tinycnn", "--ram", str(budget), "--objective", str(tensor_file))
+    assert same["update"] == data["update"] and same["objective"] == data["objective"]
 
 
 # --------------------------------------------------------------------------------------------------
