@@ -139,6 +139,37 @@ def _sum_but_channel(g: torch.Tensor) -> torch.Tensor:
     return g.sum(dim=[d for d in range(g.dim()) if d != 1]) if g.dim() > 1 else g
 
 
+def _grouped_weight_rows(gy: torch.Tensor, gy_sel: torch.Tensor, x: torch.Tensor, w_rows: torch.Tensor,
+                         w_index: torch.Tensor, w_shape: tuple[int, ...], stride: list[int], padding: list[int],
+                         dilation: list[int], groups: int) -> torch.Tensor:
+    """Weight gradient of the selected output channels of a grouped (or depthwise) convolution.
+
+    Only the input channels of the groups that hold a selected channel are gathered (never more than the
+    input itself; the input itself when every group is touched). When each touched group holds exactly
+    one selected channel (depthwise convolutions, sparse selections), exactly the selected rows are
+    computed; otherwise every output channel of the touched groups is computed and the selected ones
+    are kept."""
+    nd = len(w_shape) - 2
+    cin_g, cout_g = w_shape[1], w_shape[0] // groups
+    group_of = torch.div(w_index, cout_g, rounding_mode="floor")
+    touched = torch.unique(group_of)  # sorted
+    n = touched.numel()
+    arange_in = torch.arange(cin_g, device=w_index.device)
+    x_sel = x if n == groups else x.index_select(1, (touched[:, None] * cin_g + arange_in).flatten())
+    mask = [False, True, False]
+    if n == w_index.numel():  # one selected channel per touched group: its rows exactly
+        return torch.ops.aten.convolution_backward(gy_sel, x_sel, w_rows, None, stride, padding, dilation, False,
+                                                   [0] * nd, n, mask)[1]
+    arange_out = torch.arange(cout_g, device=w_index.device)
+    out_index = (touched[:, None] * cout_g + arange_out).flatten()
+    gy_groups = gy if n == groups else gy.index_select(1, out_index)
+    w_like = gy.new_empty(1).expand(n * cout_g, *w_shape[1:])
+    gw = torch.ops.aten.convolution_backward(gy_groups, x_sel, w_like, None, stride, padding, dilation, False,
+                                             [0] * nd, n, mask)[1]
+    position = torch.searchsorted(touched, group_of) * cout_g + (w_index - group_of * cout_g)
+    return gw.index_select(0, position)
+
+
 class _RowsConv(torch.autograd.Function):
     """``convolution(x, weight, bias)`` whose backward computes weight/bias gradients of selected rows."""
 
@@ -181,15 +212,8 @@ class _RowsConv(torch.autograd.Function):
                 gw_rows = torch.ops.aten.convolution_backward(gy_sel, x, w_rows, None, stride, padding, dilation,
                                                               False, zeros, 1, [False, True, False])[1]
             else:
-                cin_g = w_shape[1]
-                cout_g = w_shape[0] // groups
-                group_of = torch.div(w_index, cout_g, rounding_mode="floor")
-                in_index = (group_of[:, None] * cin_g + torch.arange(cin_g, device=w_index.device)).flatten()
-                x_sel = x.index_select(1, in_index)
-                gw_rows = torch.ops.aten.convolution_backward(gy_sel, x_sel, w_rows, None, stride, padding,
-                                                              dilation, False, zeros, k,
-                                                              [False, True, False])[1]
-                del x_sel
+                gw_rows = _grouped_weight_rows(gy, gy_sel, x, w_rows, w_index, w_shape, stride, padding,
+                                               dilation, groups)
         if has_bias and (need[4] or need[5]):
             if need[5] and gy_sel is not None and torch.equal(b_index, w_index):
                 gb_rows = _sum_but_channel(gy_sel)
@@ -531,9 +555,9 @@ class CompiledModule(nn.Module):
             graph = build_layer_graph(traced, inputs)
         return estimate_update(graph, self.update, resolve_target(target), optimizer=optimizer)
 
-    def summary(self) -> Any:
-        """A rich renderable: what is trained (per parameter: rows, elements, bytes) and the plan's
-        prediction when compiled from a plan."""
+    def summary(self, max_rows: int = 20) -> Any:
+        """A rich renderable: what is trained (per parameter: rows, elements, bytes; at most ``max_rows``
+        rows, channel subsets first) and the plan's prediction when compiled from a plan."""
         from rich.console import Group
         from rich.table import Table
         from rich.text import Text
@@ -543,15 +567,21 @@ class CompiledModule(nn.Module):
                           ("elements", "right"), ("gradient bytes", "right")):
             table.add_column(col, justify=just)  # type: ignore[arg-type]
         total_params = 0
+        entries = []
+        counts = self.trained_elements()
         for name, p in self.module.named_parameters():
             total_params += p.numel()
             if not self.update.is_updated(name):
                 continue
             chans = self.update.channels(name)
-            elements = self.trained_elements()[name]
             rows = "all" if chans is None else f"{len(chans)}/{p.shape[0]}"
-            table.add_row(name, "x".join(map(str, p.shape)), rows, f"{elements:,}",
-                          f"{elements * p.element_size():,}")
+            entries.append((chans is None, name, "x".join(map(str, p.shape)), rows, counts[name],
+                            counts[name] * p.element_size()))
+        entries.sort(key=lambda e: e[0])  # channel subsets first (stable: model order within)
+        for _, name, shape, rows, elements, nbytes in entries[:max_rows]:
+            table.add_row(name, shape, rows, f"{elements:,}", f"{nbytes:,}")
+        if len(entries) > max_rows:
+            table.add_row(f"... {len(entries) - max_rows} more", "", "", "", "")
         trained = sum(self.trained_elements().values())
         share = 100.0 * trained / total_params if total_params else 0.0
         lines = [f"trained {trained:,} of {total_params:,} parameter elements ({share:.2f} %); "
