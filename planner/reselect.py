@@ -76,6 +76,7 @@ class EpochLog:
     objective: float  # sum of the (raw, un-normalised) scores of the selected groups; 0 without scores
     fits: bool
     solver_status: str | None = None
+    solver_seconds: float | None = None  # the solver alone (ILP), inside solve_seconds
     kept_previous: bool = False  # the re-solved plan was rejected and the previous one kept
     notes: list[str] = field(default_factory=list)
 
@@ -96,6 +97,8 @@ def planner_for(model: nn.Module, example_inputs: Any, *, target: Any = "host", 
     from budgetplan.tracing import trace_model
 
     inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    # a fresh copy: a slice of a larger tensor (x[:1]) would be priced with its whole storage
+    inputs = tuple(t.detach().clone() for t in inputs)
     device = resolve_target(target)
     budget = resolve_budget(device, ram)
     with training_modes(model, batchnorm):
@@ -197,7 +200,8 @@ class Reselector:
         self.log: list[EpochLog] = [EpochLog(0, "initial", 0, self._selected(self.plan.update), self._total(),
                                              seconds, 0.0, 0.0, int(self.plan.estimate.peak_bytes),
                                              planner.budget_bytes, float(self.plan.objective), True,
-                                             (self.plan.solver or {}).get("status"))]
+                                             (self.plan.solver or {}).get("status"),
+                                             (self.plan.solver or {}).get("seconds"))]
 
     # -- plans -------------------------------------------------------------------------------------
     def _initial_plan(self, initial: Any, model: nn.Module | None) -> PlanResult:
@@ -297,11 +301,13 @@ class Reselector:
         solve_seconds = 0.0
         objective = self.log[-1].objective
         status = None
+        solver_seconds = None
         if scores is not None or source == "random":
             started = time.perf_counter()
             candidate, scale = self._solve(scores)
             solve_seconds = time.perf_counter() - started
             status = (candidate.solver or {}).get("status")
+            solver_seconds = (candidate.solver or {}).get("seconds")
             problem = None
             if not candidate.fits:
                 problem = (f"the re-solved plan needs {candidate.estimate.peak_bytes} bytes, above the budget of "
@@ -330,7 +336,8 @@ class Reselector:
         fits = new.estimate.peak_bytes <= self.planner.budget_bytes
         self.log.append(EpochLog(self.epoch, source, changed, self._selected(new.update), self._total(),
                                  solve_seconds, score_seconds, switch_seconds, int(new.estimate.peak_bytes),
-                                 self.planner.budget_bytes, float(objective), fits, status, kept, notes))
+                                 self.planner.budget_bytes, float(objective), fits, status, solver_seconds, kept,
+                                 notes))
         return compiled
 
     def _solve(self, scores: Mapping[str, Sequence[float] | float] | None) -> tuple[PlanResult, float]:
