@@ -22,8 +22,8 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         import importlib
 
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        # importing the submodule ``budgetplan.compile`` bound that name to the module: rebind the function
-        globals()[name] = value
-        return value
+        module = importlib.import_module(_LAZY[name])
+        # ``budgetplan.compile`` is the submodule itself, made callable (``budgetplan.compile(model, plan)``
+        # calls ``budgetplan.compile.compile``), so ``import budgetplan.compile as m`` and the call agree.
+        return module if name == "compile" else getattr(module, name)
     raise AttributeError(f"module 'budgetplan' has no attribute {name!r}")
