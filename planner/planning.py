@@ -59,6 +59,8 @@ class PlanResult:
     solver: dict[str, Any] | None = None  # name, status, objective, gap, seconds, message
     bound_peak_bytes: float | None = None  # the linear model's bound for this update set
     notes: list[str] = field(default_factory=list)
+    # the Planner that made this plan (graph, target, budget, cost model): re-plan with it, e.g. per epoch
+    planner: Planner | None = field(default=None, repr=False, compare=False)
 
     @property
     def fits(self) -> bool:
@@ -332,12 +334,14 @@ class Planner:
                 raise InputError("a sparse-update config needs the model to resolve layer indices")
             update = from_sparse_update_config(config if config is not None else strategy[len("config:"):],
                                                model_module)
-            return PlanResult("config", "-", budget_bytes, update, self.price(update), 0.0, 0, 0, notes=notes)
+            return PlanResult("config", "-", budget_bytes, update, self.price(update), 0.0, 0, 0, notes=notes,
+                              planner=self)
         if strategy not in STRATEGIES:
             raise InputError(f"unknown strategy '{strategy}'; use one of: {', '.join(STRATEGIES)}, config:PATH")
         if strategy in ("full", "bias-only", "last-k"):
             update = _fixed_set(strategy, graph, last_k)
-            return PlanResult(strategy, "-", budget_bytes, update, self.price(update), 0.0, 0, 0, notes=notes)
+            return PlanResult(strategy, "-", budget_bytes, update, self.price(update), 0.0, 0, 0, notes=notes,
+                              planner=self)
 
         model = self.linear_model
         score = group_scores(model, scores)
@@ -379,7 +383,7 @@ class Planner:
         if est.peak_bytes > budget_bytes and not update.is_empty:
             notes.append("the exact re-pricing exceeds the budget although the bound fit: please report this")
         return PlanResult(strategy, score_name, budget_bytes, update, est, objective, selected, len(model.groups),
-                          solver=solver_info, bound_peak_bytes=bound, notes=notes)
+                          solver=solver_info, bound_peak_bytes=bound, notes=notes, planner=self)
 
 
 def plan_update(
