@@ -2,8 +2,8 @@
 
 ::
 
-    planner = Planner(graph, target, budget_bytes)                 # or reselect.planner_for(model, x, ...)
-    sel = Reselector(planner, val_inputs, scores="velocity")
+    plan = budgetplan.plan(model, x, target="cortex-m7", ram="64k")   # or a Planner (planner_for(model, x, ...))
+    sel = Reselector(plan, val_inputs, scores="velocity")
     model = sel.compile(model)                                     # initial plan + first measurement
     for epoch in range(epochs):
         opt = torch.optim.SGD(model.trainable_parameters(), lr=...)
@@ -23,6 +23,7 @@ Units: bytes, seconds.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -121,7 +122,8 @@ class Reselector:
 
     Args:
         planner: the :class:`~budgetplan.planning.Planner` of the model, target and budget (its graph's
-            parameter names must be the model's).
+            parameter names must be the model's), or a :class:`~budgetplan.planning.PlanResult` made by
+            one (``plan_update``, ``budgetplan.plan``): its planner, and the plan as ``initial``.
         val_batch: the fixed validation batch: inputs, or ``(inputs, targets)`` (targets are needed by
             ``scores="grad-norm"`` unless ``grad_batches`` is given). Models with one input tensor.
         scores: ``"velocity"`` (NEq, default), ``"grad-norm"`` (TraDy) or a callable
@@ -129,7 +131,8 @@ class Reselector:
         strategy: ``"ilp"`` (maximise the sum of scores; warm-started from the previous plan),
             ``"greedy"`` (the seed's fill by score per parameter element) or ``"random"`` (a random fill,
             re-drawn each epoch with seed ``seed + epoch``; scores are not computed).
-        initial: the first epoch's plan: ``"params"`` (``strategy`` maximising trained parameters),
+        initial: the first epoch's plan: ``"params"`` (default with a Planner: ``strategy`` maximising
+            trained parameters),
             ``"random"``, ``"config:PATH"`` / a sparse-update config dict (needs ``model``), a
             :class:`~budgetplan.planning.PlanResult` or an :class:`~budgetplan.update_set.UpdateSet`.
             It is re-priced; one that does not fit is an :class:`InputError`.
@@ -145,12 +148,12 @@ class Reselector:
 
     def __init__(
         self,
-        planner: Planner,
+        planner: Planner | PlanResult,
         val_batch: Any,
         *,
         scores: ScoreSource = "velocity",
         strategy: str = "ilp",
-        initial: str | PlanResult | UpdateSet | Mapping[str, Any] = "params",
+        initial: str | PlanResult | UpdateSet | Mapping[str, Any] | None = None,
         model: nn.Module | None = None,
         on_overflow: str = "keep",
         warm_start: bool = True,
@@ -163,8 +166,15 @@ class Reselector:
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         seed: int = 0,
     ) -> None:
+        if isinstance(planner, PlanResult):
+            if planner.planner is None:
+                raise InputError("this PlanResult does not carry the Planner that made it; pass a Planner")
+            initial = planner if initial is None else initial
+            planner = planner.planner
         if not isinstance(planner, Planner):
-            raise InputError(f"Reselector needs a budgetplan.planning.Planner, got {type(planner).__name__}")
+            raise InputError(f"Reselector needs a budgetplan.planning.Planner or a PlanResult, got "
+                             f"{type(planner).__name__}")
+        initial = "params" if initial is None else initial
         if not (callable(scores) or scores in SCORE_SOURCES):
             raise InputError(f"unknown score source {scores!r}; use one of: {', '.join(SCORE_SOURCES)} or a "
                              "callable")
@@ -206,8 +216,9 @@ class Reselector:
     # -- plans -------------------------------------------------------------------------------------
     def _initial_plan(self, initial: Any, model: nn.Module | None) -> PlanResult:
         planner = self.planner
-        if isinstance(initial, PlanResult):
-            initial = initial.update
+        if isinstance(initial, PlanResult):  # re-priced here: the check must not trust another budget
+            return dataclasses.replace(initial, estimate=planner.price(initial.update),
+                                       budget_bytes=planner.budget_bytes, planner=planner)
         if isinstance(initial, UpdateSet):
             estimate = planner.price(initial)
             return PlanResult("given", "-", planner.budget_bytes, initial, estimate, 0.0,
@@ -268,9 +279,13 @@ class Reselector:
         if self.scores == "grad-norm":
             from budgetplan.scores import grad_norm_scores
 
-            compiled.sync()
-            with compiled.plain() as plain:
-                per_element = grad_norm_scores(plain, self.grad_batches, self.planner.graph, loss_fn=self.loss_fn)
+            if hasattr(compiled, "plain"):  # a CompiledModule: rows written back, original forwards
+                compiled.sync()
+                with compiled.plain() as plain:
+                    per_element = grad_norm_scores(plain, self.grad_batches, self.planner.graph,
+                                                   loss_fn=self.loss_fn)
+            else:
+                per_element = grad_norm_scores(compiled, self.grad_batches, self.planner.graph, loss_fn=self.loss_fn)
             return _times_elements(per_element, self.planner), "grad-norm", []
         if self.tracker is None:  # no baseline was taken before training: this is it
             self._make_tracker(compiled)

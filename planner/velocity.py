@@ -1,8 +1,8 @@
 """NEq velocity of every neuron, measured on a small fixed validation batch (Bragagnolo et al. 2022).
 
 A :class:`VelocityTracker` runs the model on the same few validation samples once per epoch, with
-forward hooks on the layers that own neuron groups (``nn.Conv1d/2d/3d``, ``nn.ConvTranspose*``,
-``nn.Linear``; one neuron = one output channel = one row of the weight), and keeps, per neuron:
+forward hooks on the layers that own neuron groups (``nn.Conv1d/2d/3d`` and ``nn.Linear``; one neuron =
+one output channel = one row of the weight), and keeps, per neuron:
 
 * the previous measurement's outputs ``ŷ``, normalised **per sample** over the neuron's positions
   (spatial positions of a conv, tokens of a linear layer on a sequence);
@@ -50,7 +50,8 @@ __all__ = ["SIGNS", "TrackedLayer", "VelocityMeasurement", "VelocityTracker"]
 SIGNS: tuple[str, ...] = ("paper", "reference")
 #: Default bound on the stored outputs: 64 MiB.
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
-_CHANNEL_FIRST = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+# ConvTranspose is not here: dim 0 of its weight indexes *input* channels, so its rows are not output neurons
+_CHANNEL_FIRST = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _TINY = 1e-30  # a norm below this is zero
 
 

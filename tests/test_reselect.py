@@ -218,3 +218,22 @@ def test_planner_reuses_its_model_and_matches_plan_update(planner: Planner) -> N
     assert warm.objective == pytest.approx(cold.objective)
     for strategy in ("greedy", "random"):  # the fills ignore a warm start
         assert planner.plan(strategy=strategy, scores=shifted).fits
+
+
+def test_from_a_plan_result(planner: Planner) -> None:
+    import budgetplan
+
+    x, y = _data()
+    plan = budgetplan.plan(_model(), x[:1].clone(), target=planner.target, ram=planner.budget_bytes)
+    assert plan.planner is not None and plan.planner.budget_bytes == planner.budget_bytes
+    sel = Reselector(plan, (x[:10], y[:10]), strategy="greedy")
+    assert sel.planner is plan.planner and sel.plan.update == plan.update  # the plan is the initial one
+    model = sel.compile(_model())
+    assert model.update == plan.update
+    for _ in range(3):
+        _train_epoch(model, x, y)
+        model = sel.step(model)
+    assert sel.log[-1].source == "velocity" and all(log.fits for log in sel.log)
+    orphan = type(plan)(**{**{f: getattr(plan, f) for f in plan.__dataclass_fields__}, "planner": None})
+    with pytest.raises(InputError, match="pass a Planner"):
+        Reselector(orphan, x[:10])
