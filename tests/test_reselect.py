@@ -237,3 +237,22 @@ def test_from_a_plan_result(planner: Planner) -> None:
     orphan = type(plan)(**{**{f: getattr(plan, f) for f in plan.__dataclass_fields__}, "planner": None})
     with pytest.raises(InputError, match="pass a Planner"):
         Reselector(orphan, x[:10])
+
+
+def test_initial_sparse_update_config(planner: Planner) -> None:
+    from budgetplan.update_set import from_sparse_update_config
+
+    x, _ = _data()
+    model = _model()
+    config = {"n_bias_update": 2, "manual_weight_idx": [2], "weight_update_ratio": [0.25]}
+    expected = from_sparse_update_config(config, model)
+    assert expected.channels("c3.weight") == tuple(range(16))
+    peak = planner.price(expected).peak_bytes
+    if peak <= planner.budget_bytes:
+        sel = Reselector(planner, x[:10], initial=config, model=model)
+        assert sel.plan.update == expected and sel.log[0].predicted_peak_bytes == peak
+    else:  # checked, not assumed: a static config above the budget is refused
+        with pytest.raises(InputError, match=f"initial plan needs {peak} bytes"):
+            Reselector(planner, x[:10], initial=config, model=model)
+    with pytest.raises(InputError, match="needs the model"):
+        Reselector(planner, x[:10], initial=config)
