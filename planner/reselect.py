@@ -140,6 +140,9 @@ class Reselector:
         on_overflow: ``"keep"`` (default: a re-solved plan that does not fit, or a solver without a plan,
             keeps the previous plan and says so in the log) or ``"raise"`` (:class:`ReselectionError`).
         warm_start: give the ILP the previous plan as its start.
+        gap, time_limit: the ILP's relative gap and time limit (seconds) for the per-epoch re-solves, in
+            place of the planner's (``None``: the planner's). With the warm start, a limited solve always
+            has the previous plan as an incumbent.
         momentum, sign, max_samples, max_bytes, on_excess: the :class:`VelocityTracker`'s.
         grad_batches: ``(inputs, targets)`` batches for ``"grad-norm"`` (default: the validation batch).
         loss_fn: loss for ``"grad-norm"`` (default cross-entropy).
@@ -157,6 +160,8 @@ class Reselector:
         model: nn.Module | None = None,
         on_overflow: str = "keep",
         warm_start: bool = True,
+        gap: float | None = None,
+        time_limit: float | None = None,
         momentum: float = 0.5,
         sign: str = "paper",
         max_samples: int = 10,
@@ -190,6 +195,8 @@ class Reselector:
         self.strategy = strategy
         self.on_overflow = on_overflow
         self.warm_start = warm_start
+        self.gap = gap
+        self.time_limit = time_limit
         self.seed = seed
         self.loss_fn = loss_fn
         self.grad_batches = list(grad_batches) if grad_batches is not None else None
@@ -362,7 +369,15 @@ class Reselector:
             return planner.plan(strategy="random", scores="params", seed=self.seed + self.epoch), 0.0
         normalised, scale = _normalise(scores or {})
         warm = self.plan.update if (self.warm_start and self.strategy == "ilp") else None
-        return planner.plan(strategy=self.strategy, scores=normalised, warm_start=warm), scale
+        saved = planner.gap, planner.time_limit
+        try:
+            if self.gap is not None:
+                planner.gap = self.gap
+            if self.time_limit is not None:
+                planner.time_limit = self.time_limit
+            return planner.plan(strategy=self.strategy, scores=normalised, warm_start=warm), scale
+        finally:
+            planner.gap, planner.time_limit = saved
 
 
 def _normalise(scores: Mapping[str, Sequence[float] | float]) -> tuple[dict[str, list[float] | float], float]:

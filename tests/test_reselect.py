@@ -256,3 +256,15 @@ def test_initial_sparse_update_config(planner: Planner) -> None:
             Reselector(planner, x[:10], initial=config, model=model)
     with pytest.raises(InputError, match="needs the model"):
         Reselector(planner, x[:10], initial=config)
+
+
+def test_gap_and_time_limit_for_the_re_solves_only(planner: Planner) -> None:
+    x, y = _data()
+    before = planner.gap, planner.time_limit
+    sel = Reselector(planner, x[:10], scores=lambda model: {"c3.weight": [float(i % 7) for i in range(64)]},
+                     gap=0.5, time_limit=30.0)
+    model = sel.compile(_model())
+    _train_epoch(model, x, y)
+    sel.step(model)
+    assert sel.log[-1].solver_status in ("optimal", "feasible") and sel.log[-1].fits
+    assert (planner.gap, planner.time_limit) == before  # the planner is left as it was
