@@ -12,10 +12,13 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
 
 from budgetplan.errors import BudgetplanError, InputError
 
-__all__ = ["BudgetplanError", "CompiledModule", "InputError", "__version__", "compile", "plan"]
+__all__ = ["BudgetplanError", "CompiledModule", "EpochLog", "InputError", "Planner", "Reselector",
+           "VelocityTracker", "__version__", "compile", "plan", "planner_for"]
 
 # Imported on first use (module __getattr__): ``import budgetplan`` stays light (no tracing/solver modules).
-_LAZY = {"compile": "budgetplan.compile", "CompiledModule": "budgetplan.compile", "plan": "budgetplan.compile"}
+_LAZY = {"compile": "budgetplan.compile", "CompiledModule": "budgetplan.compile", "plan": "budgetplan.compile",
+         "Planner": "budgetplan.planning", "Reselector": "budgetplan.reselect", "EpochLog": "budgetplan.reselect",
+         "planner_for": "budgetplan.reselect", "VelocityTracker": "budgetplan.velocity"}
 
 
 def __getattr__(name: str) -> Any:

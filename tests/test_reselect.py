@@ -268,3 +268,16 @@ def test_gap_and_time_limit_for_the_re_solves_only(planner: Planner) -> None:
     sel.step(model)
     assert sel.log[-1].solver_status in ("optimal", "feasible") and sel.log[-1].fits
     assert (planner.gap, planner.time_limit) == before  # the planner is left as it was
+
+
+def test_top_level_names_resolve_lazily() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, budgetplan; assert 'torch' not in sys.modules; "
+            "from budgetplan import Reselector, EpochLog, Planner, VelocityTracker, planner_for, compile, plan; "
+            "import budgetplan.reselect as r, budgetplan.velocity as v, budgetplan.planning as p; "
+            "assert Reselector is r.Reselector and EpochLog is r.EpochLog and planner_for is r.planner_for; "
+            "assert VelocityTracker is v.VelocityTracker and Planner is p.Planner; "
+            "assert sorted(budgetplan.__all__) == sorted(set(budgetplan.__all__))")
+    subprocess.run([sys.executable, "-c", code], check=True)
