@@ -309,6 +309,13 @@ def build_layer_graph(
     """
     if group_size < 1:
         raise TraceError(f"group size must be a positive integer, got {group_size}")
+    # an input that is a view of a larger tensor (x[:1] of a dataset) would be priced with the whole
+    # storage it shares: record on a compact copy, which is what the model receives on the device
+    example_inputs = tuple(
+        t.clone(memory_format=torch.contiguous_format)
+        if isinstance(t, torch.Tensor) and t.untyped_storage().nbytes() > t.numel() * t.element_size() else t
+        for t in example_inputs
+    )
     gm = traced.graph_module
     saved_buffers = {name: b.detach().clone() for name, b in gm.named_buffers()}
     recorder = GraphRecorder(gm)

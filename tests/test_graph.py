@@ -168,3 +168,15 @@ def test_untraceable_model_gives_one_line_error_naming_the_line() -> None:
     assert "\n" not in message
     assert "test_graph.py" in message and "x.sum() > 0" in message
     assert "torch.export" in message
+
+
+def test_an_input_sliced_from_a_larger_tensor_is_priced_by_its_own_size() -> None:
+    """x[:1] of a 64-sample batch shares the batch's storage; the graph prices one sample (as a fresh
+    tensor of the same shape does), not the whole batch."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval()
+    batch = torch.randn(64, 3, 16, 16)
+    sliced = build_layer_graph(trace_model(model, (batch[:1],)), (batch[:1],))
+    fresh = build_layer_graph(trace_model(model, (torch.randn(1, 3, 16, 16),)), (torch.randn(1, 3, 16, 16),))
+    input_bytes = [s.nbytes for s in sliced.storages.values() if s.is_input]
+    assert input_bytes == [3 * 16 * 16 * 4]
+    assert input_bytes == [s.nbytes for s in fresh.storages.values() if s.is_input]
