@@ -27,6 +27,28 @@ The returned :class:`CompiledModule` wraps the user's module **in place** (no co
   ``model.state_dict()`` after :meth:`CompiledModule.sync`) has exactly the original keys and shapes with
   the trained values, and frozen rows are never written (bit-identical by construction).
 
+  ``sync()`` is a no-op when nothing changed since the last one (both version counters as recorded).
+  :func:`budgetplan.training_step.build_training_step` relies on this: it syncs a copy, then traces a
+  step whose forward calls ``sync()`` again; that call must not record any op in the trace. Keep it so.
+  :meth:`CompiledModule.row_bindings` is the public view of the rows (full tensor, row parameter,
+  indices) for such tools.
+
+* **Reads outside the owner are refused.** The rows only get a gradient through the owning module's
+  replaced forward. A subset parameter that another module reads directly (``nn.MultiheadAttention``
+  reads ``out_proj.weight`` in ``F.multi_head_attention_forward``; a weight tied between two modules;
+  a parent calling ``F.linear(x, self.child.weight)``) would silently get none, so it is an
+  :class:`InputError`. Who reads what is observed on one real forward (train mode, BatchNorm frozen,
+  no autograd graph: no parameter requires grad during it; RNG and buffers restored) under a
+  :class:`torch.overrides.TorchFunctionMode`, with forward hooks keeping the stack of running modules:
+  every op (metadata queries, ``detach`` and ops under ``no_grad`` excepted: they carry no gradient in
+  eager PyTorch either) that takes a parameter while the innermost running module is not the
+  parameter's owner is recorded. :func:`compile` runs this forward on the example inputs (given, from
+  the plan document's input shapes, or from a ``PlanResult``'s graph); without inputs the first forward
+  of the compiled module is observed instead and raises there. The record covers every parameter, so
+  :meth:`CompiledModule.set_update` checks a new set without tracing or running anything. The traced
+  layer graph is not used for this: ``torch.fx`` keeps ``torch.nn`` modules such as
+  ``TransformerEncoderLayer`` as single leaf calls, which hides whether their children's forwards run.
+
 Units: bytes.
 """
 
@@ -39,6 +61,7 @@ import sys
 import types
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,11 +69,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.overrides import TorchFunctionMode
 
 from budgetplan.errors import InputError
 from budgetplan.update_set import UpdateSet, from_plan_json
 
-__all__ = ["BATCHNORM_POLICIES", "CompiledModule", "compile", "plan"]
+__all__ = ["BATCHNORM_POLICIES", "CompiledModule", "RowBinding", "compile", "plan"]
 
 BatchNormPolicy = Literal["frozen", "train"]
 #: ``frozen`` (default): BatchNorm layers stay in eval mode while the compiled module trains (running
@@ -311,6 +335,146 @@ def _frozen_bn_train(self: nn.Module, mode: bool = True) -> nn.Module:
 
 
 # --------------------------------------------------------------------------------------------------
+# Who reads each parameter: one observed forward
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _ForeignRead:
+    """A parameter read by an op while a module other than its owner was the innermost running one."""
+
+    parameter: str
+    reader: str  # qualified path of that module ('' = the top-level module)
+    reader_type: str  # its class name
+    function: str  # the torch function that read it
+
+    def message(self) -> str:
+        """The one-line refusal for training this parameter on a channel subset."""
+        who = f"module '{self.reader}'" if self.reader else f"the top-level module ({self.reader_type})"
+        return (f"parameter '{self.parameter}' is read outside its module's forward (by {who}, in "
+                f"{self.function}); its rows would get no gradient: train it whole or not at all")
+
+
+#: torch functions that only look at a tensor's metadata, or cut it from autograd (no gradient in
+#: eager PyTorch either): not reads that matter
+_NOT_READS = frozenset({
+    "__get__", "__len__", "__repr__", "__format__", "__hash__", "size", "dim", "ndimension", "numel",
+    "nelement", "stride", "storage_offset", "is_contiguous", "data_ptr", "element_size", "get_device",
+    "is_floating_point", "is_complex", "type", "detach", "detach_", "requires_grad_", "untyped_storage",
+})
+
+
+def _tensors_in(value: Any, out: list[torch.Tensor]) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        out.append(value)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            _tensors_in(v, out)
+    elif isinstance(value, dict):
+        for v in value.values():
+            _tensors_in(v, out)
+    return out
+
+
+class _ReadWatch(TorchFunctionMode):
+    """Records, for every parameter of ``model``, the first op that reads it while the innermost running
+    module is not its owner (forward hooks keep the module stack; see the module docstring)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.owner_of: dict[int, tuple[str, nn.Module]] = {}
+        for name, p in model.named_parameters():
+            self.owner_of[id(p)] = (name, _owner(model, name)[0])
+        self.path_of = {id(m): n for n, m in model.named_modules()}
+        self.stack: list[nn.Module] = []
+        self.foreign: dict[str, _ForeignRead] = {}
+        self._handles: list[Any] = []
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        if torch.is_grad_enabled() and getattr(func, "__name__", "") not in _NOT_READS:
+            inner = self.stack[-1] if self.stack else None
+            for t in _tensors_in(args, _tensors_in(kwargs, [])):
+                hit = self.owner_of.get(id(t))
+                if hit is not None and hit[1] is not inner and hit[0] not in self.foreign:
+                    reader = self.path_of.get(id(inner), "?") if inner is not None else ""
+                    fname = getattr(func, "__qualname__", None) or getattr(func, "__name__", str(func))
+                    self.foreign[hit[0]] = _ForeignRead(hit[0], reader, type(inner or self.model).__name__,
+                                                        str(fname))
+        return func(*args, **kwargs)
+
+    def _push(self, module: nn.Module, *_: Any) -> None:
+        self.stack.append(module)
+
+    def _pop(self, module: nn.Module, *_: Any) -> None:
+        if self.stack and self.stack[-1] is module:
+            self.stack.pop()
+
+    def __enter__(self) -> _ReadWatch:
+        for m in self.model.modules():
+            self._handles.append(m.register_forward_pre_hook(self._push, prepend=True))
+            self._handles.append(m.register_forward_hook(self._pop, always_call=True))
+        return super().__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            super().__exit__(*exc)
+        finally:
+            for h in self._handles:
+                h.remove()
+            self._handles = []
+            self.stack = []
+
+
+def _probe_reads(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> dict[str, _ForeignRead] | None:
+    """Run ``model`` once on ``inputs`` (train mode, BatchNorm frozen, no parameter requiring grad: no
+    autograd graph) under a :class:`_ReadWatch`; the global RNG, buffers, ``requires_grad`` flags and
+    modes are restored. ``None`` when the forward fails on these inputs (the first forward of the
+    compiled module is observed instead)."""
+    flags = {p: p.requires_grad for p in model.parameters()}
+    buffers = [(b, b.detach().clone(), b._version) for b in model.buffers()]
+    watch = _ReadWatch(model)
+    try:
+        for p in flags:
+            p.requires_grad_(False)
+        with torch.random.fork_rng(devices=[]), training_modes(model, "frozen"), watch:
+            model(*inputs)
+    except InputError:
+        raise
+    except Exception:  # noqa: BLE001 - inputs that do not run the model: observe the first real forward
+        return None
+    finally:
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+        with torch.no_grad():
+            for b, saved, version in buffers:
+                if b._version != version:
+                    b.copy_(saved)
+    return watch.foreign
+
+
+def _refuse_foreign(update: UpdateSet, reads: Mapping[str, _ForeignRead]) -> None:
+    """Raise the one-line :class:`InputError` for the first channel subset of ``update`` read outside
+    its owner."""
+    for name in update.parameter_names():
+        chans = update.channels(name)
+        if chans and name in reads:
+            raise InputError(reads[name].message())
+
+
+@dataclass(frozen=True)
+class RowBinding:
+    """One parameter trained on a channel subset, as :meth:`CompiledModule.row_bindings` reports it."""
+
+    parameter: str  #: qualified name in ``model.named_parameters()``
+    full: torch.Tensor  #: the full tensor (frozen, under ``parameter``); the forward reads this one
+    rows: nn.Parameter  #: the trainable rows, ``[len(index), *full.shape[1:]]``
+    index: torch.Tensor  #: int64 dim-0 indices of the rows in ``full`` (ascending)
+    is_view: bool  #: the rows are a live view of ``full``'s storage (nothing to write back)
+
+
+# --------------------------------------------------------------------------------------------------
 # The compiled module
 # --------------------------------------------------------------------------------------------------
 
@@ -342,7 +506,10 @@ class CompiledModule(nn.Module):
     """
 
     def __init__(self, module: nn.Module, update: UpdateSet, *, batchnorm: BatchNormPolicy = "frozen",
-                 example_inputs: tuple[torch.Tensor, ...] | None = None, plan: Any = None) -> None:
+                 example_inputs: tuple[torch.Tensor, ...] | None = None, plan: Any = None,
+                 reads: Mapping[str, _ForeignRead] | None = None) -> None:
+        """``reads``: parameter name -> its first read outside its owner, as observed by
+        :func:`_probe_reads` on the whole module (``None``: not observed yet; the first forward is)."""
         super().__init__()
         if batchnorm not in BATCHNORM_POLICIES:
             raise InputError(f"unknown batchnorm policy {batchnorm!r}; use one of: {', '.join(BATCHNORM_POLICIES)}")
@@ -354,7 +521,12 @@ class CompiledModule(nn.Module):
         self._slots: dict[str, _Slot] = {}
         self._requires_grad0 = {n: p.requires_grad for n, p in module.named_parameters()}
         self._held = _Immutable(UpdateSet.none())
-        self._install(update.validated(module))
+        self._reads = _Immutable(dict(reads) if reads is not None else None)
+        self._refusal: str | None = None  # set when an observed forward found a subset read outside its owner
+        update = update.validated(module)
+        if reads is not None:
+            _refuse_foreign(update, reads)
+        self._install(update)
         self.training = module.training
         self._apply_bn_policy()
 
@@ -412,13 +584,18 @@ class CompiledModule(nn.Module):
 
         The current trained rows are written back into the full tensors first; afterwards the old row
         parameters are no longer used: **build a new optimizer** from :meth:`trainable_parameters`.
-        Raises :class:`InputError` for a set that does not match the model.
+        Raises :class:`InputError` for a set that does not match the model, or (one line) a channel subset
+        of a parameter read outside its owner module's forward — known from the forward observed by
+        :func:`compile` or by the first forward (when neither has run yet, the next forward checks).
         """
         if not isinstance(update, UpdateSet):
             raise InputError(f"set_update expects an UpdateSet, got {type(update).__name__}")
         update = update.validated(self.module)
+        if self._reads.value is not None:
+            _refuse_foreign(update, self._reads.value)
         self._uninstall()
         self._install(update)
+        self._refusal = None
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The tensors the optimizer should update, in model order: whole trained parameters and the row
@@ -432,13 +609,40 @@ class CompiledModule(nn.Module):
         return out
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.module(*args, **kwargs)
+        if self._refusal is not None:
+            raise InputError(self._refusal)
+        if self._reads.value is not None or not self._slots or not torch.is_grad_enabled():
+            return self.module(*args, **kwargs)
+        # Who reads what was not observed yet (no example inputs at compile): observe this forward. Under
+        # no_grad nothing would count as a read, so such a forward is not the observed one.
+        watch = _ReadWatch(self.module)
+        with watch:
+            out = self.module(*args, **kwargs)
+        self._reads = _Immutable(dict(watch.foreign))
+        try:
+            _refuse_foreign(self.update, self._reads.value)
+        except InputError as exc:
+            self._refusal = str(exc)
+            raise
+        return out
 
     def sync(self) -> None:
         """Write trained rows into the full tensors now (done automatically before every forward and by
-        ``state_dict()``; call it before reading ``model``'s weights directly after the last step)."""
+        ``state_dict()``; call it before reading ``model``'s weights directly after the last step).
+
+        A no-op when neither the rows nor the full tensors changed since the last sync: a synced module
+        can be traced (``make_fx``) without the forward's own sync recording any op —
+        :func:`budgetplan.training_step.build_training_step` relies on it."""
         for slot in self._slots.values():
             slot.sync()
+
+    def row_bindings(self) -> list[RowBinding]:
+        """The parameters trained on channel subsets, in model order: name, full tensor, row parameter,
+        dim-0 indices and whether the rows are a view of the full tensor (see :class:`RowBinding`).
+        Tools that run the step themselves write updated rows into ``full`` at ``index`` unless
+        ``is_view``."""
+        return [RowBinding(parameter=slot.name, full=slot.full, rows=slot.rows, index=slot.index,
+                           is_view=slot.aliased()) for slot in self._slots.values()]
 
     def train(self, mode: bool = True) -> CompiledModule:
         """Train/eval mode; under ``batchnorm="frozen"`` BatchNorm layers stay in eval mode."""
@@ -505,7 +709,7 @@ class CompiledModule(nn.Module):
         with self._stripped():
             module = copy.deepcopy(self.module, memo)
         new = CompiledModule(module, self.update, batchnorm=self.batchnorm,  # type: ignore[arg-type]
-                             example_inputs=self.example_inputs, plan=self.plan)
+                             example_inputs=self.example_inputs, plan=self.plan, reads=self._reads.value)
         new._requires_grad0 = dict(self._requires_grad0)
         new.train(self.training)
         memo[id(self)] = new
@@ -661,6 +865,21 @@ def _inputs_from_document(document: dict[str, Any]) -> tuple[torch.Tensor, ...]:
         raise InputError(f"the plan's input shapes are malformed: {shapes}") from None
 
 
+def _inputs_from_graph(graph: Any) -> tuple[torch.Tensor, ...] | None:
+    """Seeded example inputs of the shapes and dtypes a traced :class:`~budgetplan.graph.LayerGraph`
+    was made with (random floats, zeros otherwise), or ``None`` without a graph."""
+    metas = getattr(graph, "inputs", None)
+    if not isinstance(metas, dict) or not metas:
+        return None
+    gen = torch.Generator().manual_seed(0)
+    out: list[torch.Tensor] = []
+    for meta in metas.values():
+        shape, dtype = tuple(int(d) for d in meta.shape), meta.dtype
+        out.append(torch.randn(*shape, generator=gen, dtype=dtype) if dtype.is_floating_point
+                   else torch.zeros(shape, dtype=dtype))
+    return tuple(out)
+
+
 def compile(model: nn.Module, plan: Any, *, example_inputs: Any = None,
             batchnorm: BatchNormPolicy = "frozen", check: bool = True) -> CompiledModule:  # noqa: A001
     """Set ``model`` up to train what ``plan`` says and return the :class:`CompiledModule` wrapping it.
@@ -670,15 +889,18 @@ def compile(model: nn.Module, plan: Any, *, example_inputs: Any = None,
         plan: a :class:`~budgetplan.planning.PlanResult`, a plan document (dict, docs/plan-format.md), a
             path to a plan JSON file, or an :class:`~budgetplan.update_set.UpdateSet`.
         example_inputs: a tensor or tuple of tensors the model takes; used to trace the model for the
-            fingerprint check and by :meth:`CompiledModule.estimate`. Default: seeded random tensors of
-            the plan document's input shapes.
+            fingerprint check, for the one forward that observes who reads each parameter (module
+            docstring) and by :meth:`CompiledModule.estimate`. Default: seeded random tensors of the
+            plan document's input shapes, or of the shapes a ``PlanResult``'s graph was traced with;
+            without any, the compiled module's first forward is observed instead.
         batchnorm: ``"frozen"`` (default: BatchNorm layers in eval mode while training — running
             statistics frozen) or ``"train"`` (they follow ``train()``/``eval()``).
         check: check a plan document's model fingerprint against ``model`` (traces the model once).
 
     Raises:
         InputError: one line — a plan made for another model (fingerprint mismatch), a plan naming a
-            parameter the model does not have, bad indices, an unknown ``batchnorm``, a bad plan file.
+            parameter the model does not have, bad indices, an unknown ``batchnorm``, a bad plan file,
+            a channel subset of a parameter read outside its own module's forward.
     """
     from budgetplan.plan_file import check_fingerprint, read_plan
 
@@ -717,11 +939,15 @@ def compile(model: nn.Module, plan: Any, *, example_inputs: Any = None,
         update = plan.validated(model)
     elif hasattr(plan, "update") and isinstance(getattr(plan, "update"), UpdateSet):  # PlanResult
         update = plan.update.validated(model)
+        if inputs is None:
+            inputs = _inputs_from_graph(getattr(getattr(plan, "planner", None), "graph", None))
     else:
         raise InputError(f"cannot compile from a {type(plan).__name__}; give a PlanResult, a plan document, "
                          "a plan file path or an UpdateSet")
+    # who reads each parameter (a subset read outside its owner is refused; see the module docstring)
+    reads = _probe_reads(model, inputs) if inputs is not None else None
     return CompiledModule(model, update, batchnorm=batchnorm, example_inputs=inputs, plan=plan if not
-                          isinstance(plan, UpdateSet) else None)
+                          isinstance(plan, UpdateSet) else None, reads=reads)
 
 
 def plan(model: nn.Module, example_inputs: Any, *, target: Any = "host", ram: str | int | None = None,

@@ -349,17 +349,13 @@ def _check_args(module: nn.Module, inputs: Sequence[torch.Tensor], loss: str, lr
 
 def _row_bindings(module: nn.Module) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
     """For a module made by ``budgetplan.compile``: id(rows parameter) -> (full tensor, row indices), so the
-    step writes updated rows back into the full weight (the compiled module's forward uses the full one)."""
-    slots = getattr(module, "_slots", None)
-    out: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-    if isinstance(slots, dict):
-        for slot in slots.values():
-            rows, full, index = (getattr(slot, a, None) for a in ("rows", "full", "index"))
-            if all(isinstance(t, torch.Tensor) for t in (rows, full, index)):
-                if _storage_key(rows) == _storage_key(full):  # rows are a view of the full weight
-                    continue
-                out[id(rows)] = (full, index)
-    return out
+    step writes updated rows back into the full weight (the compiled module's forward uses the full one).
+    Read through the public ``CompiledModule.row_bindings()``; rows that are a view of their full tensor
+    need no write-back."""
+    accessor = getattr(module, "row_bindings", None)
+    if not callable(accessor):
+        return {}
+    return {id(b.rows): (b.full, b.index) for b in accessor() if not b.is_view}
 
 
 def build_training_step(module: nn.Module, example_inputs: Sequence[torch.Tensor] | torch.Tensor, *,
@@ -399,8 +395,8 @@ def build_training_step(module: nn.Module, example_inputs: Sequence[torch.Tensor
     # The trace runs the step for real on a copy; make_fx maps each argument to a placeholder by the
     # tensor's identity, so the module's own parameters (however its forward reaches them) are arguments.
     work = copy.deepcopy(module)
-    if callable(getattr(work, "sync", None)) and getattr(work, "_slots", None) is not None:
-        work.sync()
+    if callable(getattr(work, "sync", None)) and callable(getattr(work, "row_bindings", None)):
+        work.sync()  # afterwards the forward's own sync() is a no-op (records nothing in the trace)
     params = list(work.named_parameters())
     trained = [(n, p) for n, p in params if p.requires_grad]
     frozen = [(n, p) for n, p in params if not p.requires_grad]
