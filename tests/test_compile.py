@@ -339,6 +339,164 @@ def test_contiguous_rows_are_views_and_release_restores():
 
 
 # --------------------------------------------------------------------------------------------------
+# Subsets read outside their owner's forward are refused; row_bindings()
+# --------------------------------------------------------------------------------------------------
+
+
+class AttentionNet(nn.Module):
+    """MultiheadAttention reads ``out_proj.weight`` itself (F.multi_head_attention_forward)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.attn(x, x, x, need_weights=False)[0])
+
+
+class TiedNet(nn.Module):
+    """``decode.weight`` is ``encode.weight`` (one parameter, named ``encode.weight``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encode = nn.Linear(16, 16)
+        self.decode = nn.Linear(16, 16)
+        self.decode.weight = self.encode.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(torch.tanh(self.encode(x)))
+
+
+class ParentReadsChild(nn.Module):
+    """The parent calls ``F.linear(x, self.proj.weight)``: ``proj``'s own forward never runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(16, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.nn.functional.linear(x, self.proj.weight, self.proj.bias))
+
+
+class EncoderNet(nn.Module):
+    """A torch.nn TransformerEncoderLayer (a leaf for torch.fx) whose Linear children run their forwards."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.enc(x)
+
+
+FOREIGN_READS = {
+    "mha-out-proj": (AttentionNet, "attn.out_proj.weight[0:4]", "by module 'attn', in multi_head_attention_forward"),
+    "tied": (TiedNet, "encode.weight[2,5]", "by module 'decode', in linear"),
+    "parent-F.linear": (ParentReadsChild, "proj.weight[0:3]", "by the top-level module (ParentReadsChild), in linear"),
+}
+
+
+def seq_input(seed: int = 1) -> torch.Tensor:
+    return inputs((2, 5, 16), seed)
+
+
+@pytest.mark.parametrize("case", list(FOREIGN_READS))
+def test_subset_read_outside_its_module_is_refused_at_compile(case):
+    cls, pattern, reader = FOREIGN_READS[case]
+    torch.manual_seed(0)
+    model = cls()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    name = pattern.split("[")[0]
+    with pytest.raises(InputError) as excinfo:
+        budgetplan.compile(model, from_patterns(model, [pattern]), example_inputs=seq_input())
+    message = one_line_error(excinfo)
+    assert message.startswith(f"parameter '{name}' is read outside its module's forward ({reader})"), message
+    assert "train it whole or not at all" in message
+    # the model is left as it was: nothing installed, flags and values untouched
+    assert not any("forward" in m.__dict__ for m in model.modules())
+    assert all(p.requires_grad for p in model.parameters())
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    # the same parameter trained whole is fine (PyTorch gives it a gradient through every read)
+    budgetplan.compile(model, from_patterns(model, [name]), example_inputs=seq_input())
+
+
+@pytest.mark.parametrize("case", list(FOREIGN_READS))
+def test_subset_read_outside_its_module_is_refused_at_first_forward_without_inputs(case):
+    cls, pattern, reader = FOREIGN_READS[case]
+    torch.manual_seed(0)
+    model = cls()
+    compiled = budgetplan.compile(model, from_patterns(model, [pattern]))  # nothing to run: not observed yet
+    with torch.no_grad():  # a no_grad forward is not the observed one (nothing would count as a read)
+        compiled(seq_input())
+    for _ in range(2):  # refused at the first forward with autograd, and from then on
+        with pytest.raises(InputError) as excinfo:
+            compiled(seq_input())
+        assert f"({reader})" in one_line_error(excinfo)
+
+
+def test_set_update_refuses_foreign_subsets_without_running_the_model(monkeypatch):
+    torch.manual_seed(0)
+    model = TiedNet()
+    compiled = budgetplan.compile(model, from_patterns(model, ["decode.bias[0:4]"]), example_inputs=seq_input())
+    calls = []
+    model.register_forward_pre_hook(lambda *a: calls.append(1))
+    from budgetplan import tracing
+
+    monkeypatch.setattr(tracing, "trace_model", lambda *a, **k: pytest.fail("set_update traced"))
+    with pytest.raises(InputError) as excinfo:
+        compiled.set_update(from_patterns(model, ["encode.weight[1:3]"]))
+    assert "'encode.weight'" in one_line_error(excinfo) and "module 'decode'" in one_line_error(excinfo)
+    assert calls == []
+    assert compiled.update == from_patterns(model, ["decode.bias[0:4]"])  # the old set is still installed
+    compiled.set_update(from_patterns(model, ["encode.weight", "encode.bias[3,7]"]))  # whole: fine
+    compiled(seq_input()).sum().backward()
+    assert model.encode.weight.grad is not None
+
+
+def test_subsets_read_by_their_own_module_inside_torch_nn_containers_train_like_eager():
+    # MultiheadAttention's own in_proj_weight (generic fallback) and a TransformerEncoderLayer's Linear
+    # children are read by their owners: accepted, with the gradients eager PyTorch computes for them.
+    for cls, patterns in ((AttentionNet, ["attn.in_proj_weight[0:4,20]", "head.weight[1]"]),
+                          (EncoderNet, ["enc.linear1.weight[0:5]", "enc.self_attn.in_proj_bias[3:9]",
+                                        "enc.norm1.weight[2,4]"])):
+        for given in (True, False):
+            torch.manual_seed(0)
+            model = cls()
+            reference = copy.deepcopy(model)
+            update = from_patterns(model, patterns)
+            compiled = budgetplan.compile(model, update, example_inputs=seq_input() if given else None)
+            compiled(seq_input()).sum().backward()
+            for name, p in reference.named_parameters():
+                p.requires_grad_(update.is_updated(name))
+            reference(seq_input()).sum().backward()
+            ref = dict(reference.named_parameters())
+            for binding in compiled.row_bindings():
+                expected = ref[binding.parameter].grad[binding.index]
+                torch.testing.assert_close(binding.rows.grad, expected, rtol=1e-4, atol=1e-6,
+                                           msg=binding.parameter)
+
+
+def test_row_bindings_public_accessor():
+    compiled, x, update, _ = compiled_case("residual")
+    bindings = compiled.row_bindings()
+    assert [b.parameter for b in bindings] == [n for n in update.parameter_names() if update.channels(n)]
+    params = dict(compiled.module.named_parameters())
+    for b in bindings:
+        assert b.full is params[b.parameter] and not b.full.requires_grad and b.rows.requires_grad
+        assert b.index.tolist() == list(update.channels(b.parameter))
+        assert b.rows.shape == (len(b.index), *b.full.shape[1:])
+        assert torch.equal(b.rows.detach(), b.full.detach()[b.index])
+        # a view shares the full tensor's storage, a copy does not
+        assert b.is_view == (b.rows.untyped_storage().data_ptr() == b.full.untyped_storage().data_ptr())
+    assert {b.is_view for b in bindings} == {True, False}
+    with pytest.raises(AttributeError):
+        bindings[0].parameter = "x"  # frozen
+    assert sum(b.rows.numel() * 4 for b in bindings if not b.is_view) == compiled.row_copy_bytes
+
+
+# --------------------------------------------------------------------------------------------------
 # Plans: documents, files, fingerprints, bad input
 # --------------------------------------------------------------------------------------------------
 
@@ -410,6 +568,8 @@ def test_plan_for_model_object_then_compile():
     result = budgetplan.plan(model, x, target="host", ram="700k", strategy="greedy")
     assert result.fits and result.update.parameter_names()
     compiled = budgetplan.compile(model, result, example_inputs=x)
+    # without example inputs, those of the shapes the plan was traced with are made up
+    assert [t.shape for t in budgetplan.compile(copy.deepcopy(model), result).example_inputs] == [x.shape]
     measured = measure_step(compiled, (x,), None)
     # the plan was priced in the modes the compiled module trains in (BatchNorm frozen)
     assert abs(result.estimate.peak_bytes - measured.peak_bytes) <= TOLERANCE * measured.peak_bytes
