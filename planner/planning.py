@@ -191,11 +191,17 @@ class _Fill:
         return False
 
 
-def smallest_useful_budget(model: LinearCostModel) -> tuple[float, str | None]:
-    """The smallest bound on the peak with exactly one group trained, and that group's variable."""
+def smallest_useful_budget(model: LinearCostModel,
+                           classes: Mapping[str, list[str]] | None = None) -> tuple[float, str | None]:
+    """The smallest bound on the peak with exactly one group trained, and that group's variable.
+    ``classes`` (:func:`_interchangeable`): members of a class cost the same, so only the first of each
+    is tried (ResNet-50: 900 evaluations instead of 28,666)."""
+    skip = {v for members in (classes or {}).values() for v in members[1:]}
     best: tuple[float, str | None] = (math.inf, None)
     fill = _Fill(model, math.inf, None)
     for g in model.groups:
+        if g.var in skip:
+            continue
         peak = fill.peak_with(g.var)
         if peak < best[0]:
             best = (peak, g.var)
@@ -370,7 +376,7 @@ class Planner:
             notes.append(f"the solver stopped without a plan ({solver_info['status']}: {solver_info['message']}); "
                          "raise --time-limit or use --strategy greedy")
         elif update.is_empty:
-            smallest, var = smallest_useful_budget(model)
+            smallest, var = smallest_useful_budget(model, self.interchangeable())
             if var is not None:
                 group = next(g for g in model.groups if g.var == var)
                 notes.append(f"nothing can be trained within {budget_bytes} bytes; the cheapest single group "
