@@ -282,8 +282,12 @@ def finetune(strategy: str, seed: int, tasks: Tasks, state: dict[str, torch.Tens
                                  batchnorm="train" if strategy == "from scratch" else cfg.batchnorm)
         current = lambda: (compiled.update, None, True)  # noqa: E731 - no budget
     elif strategy == "static" or subnet is not None:
-        plan = budget.static_plan if subnet is None else planner.plan(strategy="random", scores="params",
-                                                                         seed=1000 * seed + subnet)
+        if subnet is None:
+            plan = budget.static_plan
+        elif strategy == "static-random":  # a random fill of the bytes (as the random strategy's epochs)
+            plan = planner.plan(strategy="random", scores="params", seed=1000 * seed + subnet)
+        else:  # static-random-ilp: random neurons, about as many parameters as the static ILP plan
+            plan = planner.plan(strategy="ilp", scores=RandomScores(planner, 1000 * seed + subnet)(None))
         compiled = compile_model(model, plan, batchnorm=cfg.batchnorm)
         current = lambda: (plan.update, plan.estimate.peak_bytes, plan.fits)  # noqa: E731
     else:
@@ -475,10 +479,43 @@ def render_table(contexts: list[TargetContext], runs: list[RunResult], cfg: Conf
     return "\n".join(lines)
 
 
+PAIRS = (("velocity-greedy", "random"), ("velocity-ilp", "random-ilp"), ("velocity-ilp", "static"),
+         ("velocity-greedy", "static"), ("grad-norm", "random"), ("random-ilp", "static"))
+
+
+def render_pairs(contexts: list[TargetContext], runs: list[RunResult]) -> str:
+    """Paired differences (same seed, same budget) between strategies, per target: mean ± std of the
+    accuracy difference in points over every (seed, budget) cell, and how many cells the first wins."""
+    lines = []
+    acc = {(r.strategy, r.target, r.budget_bytes, r.seed): 100 * r.accuracy for r in runs if r.subnet is None}
+    for ctx in contexts:
+        parts = []
+        for a, b in PAIRS:
+            diffs = [acc[(a, ctx.name, bud.bytes, s)] - acc[(b, ctx.name, bud.bytes, s)]
+                     for bud in ctx.budgets for s in sorted({r.seed for r in runs})
+                     if (a, ctx.name, bud.bytes, s) in acc and (b, ctx.name, bud.bytes, s) in acc]
+            if diffs:
+                mean, std = _mean_std(diffs)
+                wins = sum(d > 0 for d in diffs)
+                parts.append(f"  {a} − {b}: {mean:+.1f} ± {std:.1f} points, ahead in {wins}/{len(diffs)} cells")
+        lines.append(f"paired differences on {ctx.name} (same seed and budget):")
+        lines.extend(parts)
+    return "\n".join(lines)
+
+
 def render_static(runs: list[RunResult], budget: Budget | None, ctx_name: str) -> str:
-    sub = [r for r in runs if r.subnet is not None]
-    if not sub or budget is None:
+    if budget is None or not any(r.subnet is not None for r in runs):
         return "(static experiment not run)"
+    return "\n".join(_render_static_kind(runs, budget, ctx_name, kind, what) for kind, what in (
+        ("static-random", "random fills of the bytes (the random strategy's plans, kept)"),
+        ("static-random-ilp", "random neurons by the ILP (as many parameters as fit, the random-ilp strategy's "
+                              "plans, kept)")))
+
+
+def _render_static_kind(runs: list[RunResult], budget: Budget, ctx_name: str, kind: str, what: str) -> str:
+    sub = [r for r in runs if r.subnet is not None and r.strategy == kind]
+    if not sub:
+        return f"({kind}: not run)"
     accs = sorted(100 * r.accuracy for r in sub)
     shares = [100 * r.epochs[0]["conv_share"] for r in sub]
     static = [100 * r.accuracy for r in runs if r.strategy == "static" and r.target == ctx_name
@@ -489,12 +526,12 @@ def render_static(runs: list[RunResult], budget: Budget | None, ctx_name: str) -
         a = [100 * r.accuracy for r in sub if r.seed == s]
         per_seed.append(max(a) - min(a))
     lines = [
-        f"static experiment: {len(sub)} fixed random sub-networks ({len(sub) // max(len(seeds), 1)} per seed × "
-        f"{len(seeds)} seeds), {ctx_name} {_kib(budget.bytes)} (the {budget.label} budget), "
+        f"static experiment, {kind}: {len(sub)} fixed sub-networks ({len(sub) // max(len(seeds), 1)} per seed × "
+        f"{len(seeds)} seeds) — {what} — {ctx_name} {_kib(budget.bytes)} (the {budget.label} budget), "
         "trained to the end:",
         f"  accuracy min {accs[0]:.1f} / median {statistics.median(accs):.1f} / max {accs[-1]:.1f} %; "
         f"spread within a seed (max − min) mean {statistics.fmean(per_seed):.1f} points",
-        f"  conv parameters trained by the random sub-networks: {min(shares):.1f}–{max(shares):.1f} % "
+        f"  conv parameters trained by these sub-networks: {min(shares):.1f}–{max(shares):.1f} % "
         f"(the static ILP plan: {100 * budget.achieved_share:.1f} %)",
     ]
     if static:
@@ -623,9 +660,10 @@ def _grid_job(job: tuple[int, str]) -> list[RunResult]:
         for strategy in STRATEGIES[1:]:
             record(finetune(strategy, seed, tasks, state, cfg, ctx, budget, run_seed=run_seed))
     if ctx is _SHARED["static_ctx"]:
-        for k in range(cfg.static_subnets):
-            record(finetune("static-random", seed, tasks, state, cfg, ctx, _SHARED["static_budget"], subnet=k,
-                            run_seed=run_seed))
+        for kind in ("static-random", "static-random-ilp"):
+            for k in range(cfg.static_subnets):
+                record(finetune(kind, seed, tasks, state, cfg, ctx, _SHARED["static_budget"], subnet=k,
+                                run_seed=run_seed))
     return runs
 
 
@@ -710,11 +748,12 @@ def main(argv: list[str] | None = None) -> int:
     # one job per seed and part (the unbudgeted references; each target's grid): balanced over workers
     jobs = [(seed, part) for seed in seeds for part in ["references", *(c.name for c in contexts)]]
     runs = [run for chunk in _map(_grid_job, jobs, args.jobs) for run in chunk]
-    order = {name: i for i, name in enumerate(REFERENCES + STRATEGIES + ("static-random",))}
+    order = {name: i for i, name in enumerate(REFERENCES + STRATEGIES + ("static-random", "static-random-ilp"))}
     runs.sort(key=lambda r: (r.seed, r.target or "", r.budget_bytes or 0, order[r.strategy], r.subnet or 0))
 
     table = render_table(contexts, runs, cfg)
-    static_text = render_static(runs, static_budget if cfg.static_subnets else None, static_ctx.name)
+    static_text = (render_pairs(contexts, runs) + "\n\n"
+                   + render_static(runs, static_budget if cfg.static_subnets else None, static_ctx.name))
     seconds = time.perf_counter() - started
     command = "benchmarks/seed_repro.py " + " ".join(sys.argv[1:] if argv is None else argv)
     print()

@@ -64,8 +64,9 @@ def test_grid_is_complete(quick):
                 cell = [r for r in mine if r["strategy"] == strategy and r["target"] == target
                         and r["budget_bytes"] == size and r["subnet"] is None]
                 assert len(cell) == 1, (strategy, target, size)
-        subnets = [r for r in mine if r["subnet"] is not None]
-        assert len(subnets) == doc["static_experiment"]["subnets_per_seed"] >= 2
+        for kind in ("static-random", "static-random-ilp"):
+            subnets = [r for r in mine if r["subnet"] is not None and r["strategy"] == kind]
+            assert len(subnets) == doc["static_experiment"]["subnets_per_seed"] >= 2, kind
 
 
 def test_every_epoch_plan_fits_its_budget(quick):
