@@ -186,6 +186,9 @@ class SelectionProblem:
         fixed: binaries forced to 0 or 1.
         continuous: names of continuous variables in ``[0, +inf)`` (e.g. a ``peak`` in bytes that
             must dominate each step's live bytes).
+        integers: general integer variables, name -> upper bound: each takes a value in
+            ``0..upper`` (e.g. how many of a layer's interchangeable channels are trained). Solvers
+            branch on their value, which is much stronger than branching on a binary encoding.
     """
 
     binaries: list[str]
@@ -194,6 +197,7 @@ class SelectionProblem:
     implications: list[Implication] = field(default_factory=list)
     fixed: dict[str, int] = field(default_factory=dict)
     continuous: list[str] = field(default_factory=list)
+    integers: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -202,7 +206,8 @@ class SolveResult:
 
     Attributes:
         status: one of :data:`STATUSES`.
-        values: 0/1 for every binary when a (checked) solution is returned, else empty.
+        values: 0/1 for every binary and ``0..upper`` for every integer variable when a (checked)
+            solution is returned, else empty.
         objective: objective value of ``values`` (constant included), re-evaluated in Python.
         gap: relative gap ``|bound - incumbent| / |objective|``; ``0.0`` when optimal, ``None`` unknown.
         seconds: wall-clock time of the whole :func:`solve` call (model building included).
@@ -314,6 +319,7 @@ class _Canon:
 
     binaries: list[str]
     continuous: list[str]
+    integers: dict[str, int]  # name -> upper bound
     objective_terms: list[tuple[str, float]]
     objective_constant: float
     constraints: list[tuple[Constraint, list[tuple[str, float]], float]]  # (orig, terms, constant)
@@ -339,7 +345,13 @@ def _canon_terms(expr: LinearExpr, known: set[str], what: str) -> tuple[list[tup
 def _canonicalize(problem: SelectionProblem) -> _Canon:
     binaries = [str(b) for b in problem.binaries]
     continuous = [str(c) for c in problem.continuous]
-    for label, names in (("binary", binaries), ("continuous variable", continuous)):
+    integers: dict[str, int] = {}
+    for name, upper in problem.integers.items():
+        if isinstance(upper, bool) or not isinstance(upper, int) or upper < 0:
+            raise InputError(f"integer variable {name!r} needs a non-negative integer upper bound, got {upper!r}")
+        integers[str(name)] = upper
+    for label, names in (("binary", binaries), ("continuous variable", continuous),
+                         ("integer variable", list(integers))):
         seen: set[str] = set()
         for name in names:
             if not name:
@@ -347,11 +359,14 @@ def _canonicalize(problem: SelectionProblem) -> _Canon:
             if name in seen:
                 raise InputError(f"{label} {name!r} is listed twice")
             seen.add(name)
-    both = set(binaries) & set(continuous)
-    if both:
-        raise InputError(f"variable {sorted(both)[0]!r} is declared both binary and continuous")
+    for first, second, a, b in ((binaries, continuous, "binary", "continuous"),
+                                (binaries, integers, "binary", "integer"),
+                                (continuous, integers, "continuous", "integer")):
+        both = set(first) & set(second)
+        if both:
+            raise InputError(f"variable {sorted(both)[0]!r} is declared both {a} and {b}")
     binary_set = set(binaries)
-    known = binary_set | set(continuous)
+    known = binary_set | set(continuous) | set(integers)
 
     obj_terms, obj_const = _canon_terms(problem.objective, known, "the objective")
 
@@ -396,6 +411,7 @@ def _canonicalize(problem: SelectionProblem) -> _Canon:
     return _Canon(
         binaries=sorted(binaries),
         continuous=sorted(continuous),
+        integers=dict(sorted(integers.items())),
         objective_terms=obj_terms,
         objective_constant=obj_const,
         constraints=constraints,
@@ -444,6 +460,15 @@ def check_assignment(
             problems.append(f"binary {name!r} = {v!r} is not 0/1")
             continue
         point[name] = float(v)
+    for name, upper in problem.integers.items():
+        if name not in values:
+            problems.append(f"integer variable {name!r} has no value")
+            continue
+        v = values[name]
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= upper:
+            problems.append(f"integer variable {name!r} = {v!r} is not an integer in 0..{upper}")
+            continue
+        point[name] = float(v)
     for name in problem.continuous:
         v = cont.get(name)
         if v is None or not math.isfinite(v):
@@ -488,7 +513,7 @@ def _bound_infeasibility(canon: _Canon) -> str | None:
             if var in fixed:
                 low += coef * fixed[var]
             elif coef < 0:
-                low = -math.inf if var in continuous else low + coef
+                low = -math.inf if var in continuous else low + coef * canon.integers.get(var, 1)
         if low > con.bound + BINARY_CHECK_TOLERANCE * max(1.0, abs(con.bound), abs(low)):
             what = "its constant part" if not terms else "even its smallest possible value"
             return (
@@ -540,8 +565,8 @@ def _build_model(canon: _Canon, warm_start: Mapping[str, int]) -> _Model:
     new_var = getattr(prob, "add_variable", None) or pulp.LpVariable
     variables: dict[str, pulp.LpVariable] = {}
     for name in canon.modelled:
-        if name in binary_set:
-            low, up = (canon.fixed[name], canon.fixed[name]) if name in canon.fixed else (0, 1)
+        if name in binary_set or name in canon.integers:
+            low, up = (canon.fixed[name], canon.fixed[name]) if name in canon.fixed else (0, canon.integers.get(name, 1))
             v = new_var(var_names[name], low, up, pulp.LpInteger)
             if name in warm_start:
                 v.setInitialValue(warm_start[name])
@@ -869,8 +894,9 @@ def solve(
             (in ``[0, 1)``); ``None`` = solve exactly. A run stopped on the gap is ``"feasible"``
             unless the solver also proved optimality.
         threads: solver threads (default 1, which keeps results reproducible).
-        warm_start: a 0/1 value for some binaries to start from (CBC: missing ones start at 0;
-            HiGHS: a partial start it tries to complete). A bad start is ignored by the solver.
+        warm_start: a 0/1 value for some binaries (and ``0..upper`` for integer variables) to start
+            from (CBC: missing ones start at 0; HiGHS: a partial start it tries to complete). A bad
+            start is ignored by the solver.
         msg: show the solver's own log on stdout (CBC's gap is then not read, see module docstring).
 
     Returns:
@@ -894,8 +920,14 @@ def solve(
     warm: dict[str, int] = {}
     binary_set = set(canon.binaries)
     for var, val in (warm_start or {}).items():
+        if var in canon.integers:
+            upper = canon.integers[var]
+            if isinstance(val, bool) or not isinstance(val, int) or not 0 <= val <= upper:
+                raise InputError(f"warm-start value of {var!r} must be an integer in 0..{upper}, got {val!r}")
+            warm[str(var)] = val
+            continue
         if var not in binary_set:
-            raise InputError(f"warm start names {var!r}, which is not a binary")
+            raise InputError(f"warm start names {var!r}, which is not a binary or integer variable")
         warm[str(var)] = _zero_one(val, f"warm-start value of {var!r}")
     solver_label = {"cbc": "CBC", "highs": "HiGHS"}[name]
 
@@ -952,6 +984,13 @@ def solve(
             values[b] = int(r)
         else:
             values[b] = canon.fixed.get(b, 0)
+    for var_name, upper in canon.integers.items():
+        v = raw_values.get(var_name, 0.0)
+        r = round(v)
+        if abs(v - r) > INTEGRALITY_TOLERANCE * max(1.0, abs(v)) or not 0 <= r <= upper:
+            return result("error", f"error: {solver_label} gave integer {var_name!r} the value {v!r}, "
+                                   f"not in 0..{upper}")
+        values[var_name] = int(r)
     continuous_values = {c: max(0.0, raw_values.get(c, 0.0)) for c in canon.continuous}
     violations = check_assignment(problem, values, continuous_values)
     if violations:

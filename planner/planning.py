@@ -427,12 +427,12 @@ def plan_update(
 class _Counted:
     """Groups of one parameter that are interchangeable: identical coefficients in every cost expression
     (the cost model depends on how many rows are trained, not which). They are decided by one integer
-    count ``n`` = sum of ``2^j · bit_j``; the best-scored ``n`` groups are the ones trained."""
+    variable ``n`` in ``0..len(members)`` (the solver branches on its value); the best-scored ``n`` groups
+    are the ones trained."""
 
     parameter: str
     members: list[str]  # group variables, best score first
-    bits: list[str]
-    coefficient_scale: dict[str, float]  # not used: coefficients are read from the first member
+    count: str  # the integer variable
 
 
 def _interchangeable(model: LinearCostModel) -> dict[str, list[str]]:
@@ -458,7 +458,7 @@ def _solve_ilp(model: LinearCostModel, score: dict[str, float], budget: int, flo
                solver: str, time_limit: float | None, gap: float | None, *,
                classes: Mapping[str, list[str]] | None = None,
                warm: Mapping[str, int] | None = None) -> tuple[dict[str, int], dict[str, Any]]:
-    """Build and solve the ILP. Interchangeable groups of a parameter are replaced by a binary-encoded
+    """Build and solve the ILP. Interchangeable groups of a parameter are replaced by an integer
     count (an exact reformulation: see :class:`_Counted`), which removes the solver's symmetric branches
     and shrinks the model from thousands of group variables to a few per layer.
 
@@ -475,12 +475,9 @@ def _solve_ilp(model: LinearCostModel, score: dict[str, float], budget: int, flo
         classes = _interchangeable(model)
     for n, (name, members) in enumerate(sorted(classes.items())):
         members = sorted(members, key=lambda v: (-score.get(v, 0.0), position[v]))  # ties: channel order
-        width = max(1, math.ceil(math.log2(len(members) + 1)))
-        bits = [f"n{n}_b{j}" for j in range(width)]
-        counted.append(_Counted(name, members, bits, {}))
-        count = {bit: float(2 ** j) for j, bit in enumerate(bits)}
-        extra_constraints.append(Constraint(f"count_{n}_at_most_groups", LinearExpr(count), float(len(members)),
-                                            "groups"))
+        count_var = f"n{n}"
+        counted.append(_Counted(name, members, count_var))
+        count = {count_var: 1.0}
         for v in members:
             replace[v] = [(bit, w) for bit, w in count.items()]
         scores = [score.get(v, 0.0) for v in members]
@@ -539,30 +536,29 @@ def _solve_ilp(model: LinearCostModel, score: dict[str, float], budget: int, flo
             cls = class_of[imp.lhs]
             if imp.lhs != cls.members[0]:
                 continue
-            terms = {bit: float(2 ** j) for j, bit in enumerate(cls.bits)}
-            terms[imp.rhs] = terms.get(imp.rhs, 0.0) - len(cls.members)
+            terms = {cls.count: 1.0, imp.rhs: -float(len(cls.members))}
             constraints.append(Constraint(f"{imp.name}_count", LinearExpr(terms), 0.0, "groups"))
         else:
             implications.append(imp)
-    binaries = [v for v in model.binaries if v not in replace] + [b for c in counted for b in c.bits]
+    binaries = [v for v in model.binaries if v not in replace]
     problem = SelectionProblem(binaries=binaries, objective=LinearExpr(objective), constraints=constraints,
-                               implications=implications, continuous=[_PERSISTENT, *extra_continuous])
+                               implications=implications, continuous=[_PERSISTENT, *extra_continuous],
+                               integers={c.count: len(c.members) for c in counted})
     start_values: dict[str, int] | None = None
     if warm is not None:
         binary_set = set(binaries)
         start_values = {v: int(bool(x)) for v, x in warm.items() if v in binary_set}
         for c in counted:
-            n = min(sum(1 for v in c.members if warm.get(v)), len(c.members))
-            for j, bit in enumerate(c.bits):
-                start_values[bit] = (n >> j) & 1
+            start_values[c.count] = min(sum(1 for v in c.members if warm.get(v)), len(c.members))
     started = time.perf_counter()
     result: SolveResult = solve(problem, solver=solver, time_limit=time_limit, gap=gap, warm_start=start_values)
-    values = {v: x for v, x in result.values.items() if v not in {b for c in counted for b in c.bits}}
+    counts = {c.count for c in counted}
+    values = {v: x for v, x in result.values.items() if v not in counts}
     for c in counted:
-        n = sum(2 ** j * result.values.get(bit, 0) for j, bit in enumerate(c.bits))
+        n = result.values.get(c.count, 0)
         for v in c.members[:n]:
             values[v] = 1
     info = {"name": result.solver, "status": result.status, "objective": result.objective, "gap": result.gap,
             "seconds": round(time.perf_counter() - started, 3), "message": result.message,
-            "variables": len(binaries), "group_variables": len(model.groups), "constraints": len(constraints)}
+            "variables": len(binaries) + len(counted), "group_variables": len(model.groups), "constraints": len(constraints)}
     return values, info

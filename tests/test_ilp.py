@@ -153,6 +153,54 @@ def test_matches_brute_force(solver: str) -> None:
     assert kinds == {True, False}  # both with and without a continuous peak variable were feasible
 
 
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_integer_variables_match_brute_force(solver: str) -> None:
+    """General integers (0..upper) next to binaries, with a concave objective through tangent lines as
+    the planner writes it: the solver's optimum equals enumeration over every integer point."""
+    kinds: set[str] = set()
+    for seed in range(12):
+        rng = random.Random(1000 + seed)
+        uppers = {"n0": rng.randint(1, 5), "n1": rng.randint(1, 5)}
+        binaries = [f"x{i}" for i in range(4)]
+        obj = {v: rng.uniform(-1.0, 3.0) for v in binaries}
+        scores = sorted((rng.uniform(0.1, 2.0) for _ in range(uppers["n0"])), reverse=True)
+        constraints = []
+        prefix = 0.0
+        for j, s_next in enumerate(scores):  # z <= S_j + s_{j+1} (n0 - j)
+            constraints.append(Constraint(f"tangent_{j}", LinearExpr({"z": 1.0, "n0": -s_next}), prefix - s_next * j))
+            prefix += s_next
+        obj.update({"z": 1.0, "n1": rng.uniform(0.0, 2.0)})
+        weights = {v: float(rng.randint(1, 9)) for v in [*binaries, "n0", "n1"]}
+        constraints.append(Constraint("bytes", LinearExpr(weights), float(rng.randint(5, 30)), "bytes"))
+        constraints.append(Constraint("n1_needs_x0", LinearExpr({"n1": 1.0, "x0": -float(uppers["n1"])}), 0.0))
+        p = SelectionProblem(binaries, LinearExpr(obj), constraints, [], continuous=["z"], integers=uppers)
+        best = None
+        for bits in itertools.product((0, 1), repeat=len(binaries)):
+            for n0 in range(uppers["n0"] + 1):
+                for n1 in range(uppers["n1"] + 1):
+                    point = {**dict(zip(binaries, bits)), "n0": n0, "n1": n1, "z": sum(scores[:n0])}
+                    if all(c.expr.value(point) <= c.bound + 1e-9 for c in constraints if c.name.startswith(("bytes", "n1"))):
+                        val = p.objective.value(point)
+                        best = val if best is None else max(best, val)
+        res = solve(p, solver=solver)
+        assert res.status == "optimal", (seed, res.message)
+        assert set(res.values) == set(binaries) | set(uppers)
+        assert all(0 <= res.values[n] <= uppers[n] for n in uppers)
+        assert check_assignment(p, res.values, res.continuous_values) == []
+        assert res.objective == pytest.approx(best, rel=1e-7, abs=1e-5), seed  # z: solver feasibility tolerance
+        kinds.add("interior" if 0 < res.values["n0"] < uppers["n0"] else "edge")
+    assert "interior" in kinds  # some optimum trains only part of a class
+    # a warm start may name an integer (within its bounds); a value out of bounds is an input error
+    assert solve(p, solver=solver, warm_start={"n0": uppers["n0"]}).status == "optimal"
+    with pytest.raises(InputError, match="0..") as info:
+        solve(p, solver=solver, warm_start={"n0": uppers["n0"] + 1})
+    assert "\n" not in str(info.value)
+    with pytest.raises(InputError, match="upper bound"):
+        solve(SelectionProblem([], LinearExpr({"n": 1.0}), [], [], integers={"n": -1}), solver=solver)
+    with pytest.raises(InputError, match="both binary and integer"):
+        solve(SelectionProblem(["n"], LinearExpr({"n": 1.0}), [], [], integers={"n": 2}), solver=solver)
+
+
 # --------------------------------------------------------------------------------------------------
 # Statuses
 # --------------------------------------------------------------------------------------------------
