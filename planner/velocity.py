@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,6 +66,9 @@ class TrackedLayer:
     grouped: tuple[str, ...]  # parameters decided per group with the weight (weight first, then biases)
     row_elements: tuple[int, ...]  # elements per row of each parameter in ``grouped``
     channel_dim: int  # dimension of the module's output that indexes the neurons (1 or -1)
+    # parameters of the BatchNorm right after this layer (one entry per neuron, decided as whole tensors
+    # by the planner): they share the neurons' velocity, one element per neuron each
+    followers: tuple[str, ...] = ()
 
 
 @dataclass
@@ -124,6 +127,23 @@ def _root(model_or_compiled: Any) -> nn.Module:
     if isinstance(model_or_compiled, nn.Module):
         return model_or_compiled
     raise InputError(f"expected a torch.nn.Module or a compiled module, got {type(model_or_compiled).__name__}")
+
+
+def _batch_norm_followers(graph: LayerGraph, groups_of: Mapping[str, Any]) -> dict[str, list[str]]:
+    """Weight of a group-owning layer -> the affine parameters of the BatchNorm layer(s) that read its
+    output directly, when they have one entry per output channel and are decided whole."""
+    owner_of = {layer.name: layer for layer in graph.group_owners()}
+    out: dict[str, list[str]] = {}
+    for layer in graph.layers():
+        if layer.op != "batch_norm" or len(layer.inputs) != 1 or layer.inputs[0] not in owner_of:
+            continue
+        producer = owner_of[layer.inputs[0]]
+        for p in layer.parameters:
+            shape = tuple(graph.parameters[p].shape)
+            if shape == (producer.out_channels,) and p in groups_of and groups_of[p][0][2]:
+                if p not in out.setdefault(producer.weight, []):
+                    out[producer.weight].append(p)
+    return out
 
 
 def _owners_from_model(root: nn.Module) -> list[str]:
@@ -222,9 +242,10 @@ class VelocityTracker:
                     if p != layer.weight and p in groups_of and not groups_of[p][0][2] \
                             and tuple(graph.parameters[p].shape) == (layer.out_channels,):
                         biases.setdefault(layer.weight, []).append(p)
+            followers = _batch_norm_followers(graph, groups_of)
         else:
             weights = _owners_from_model(root)
-            groups_of, biases = {}, {}
+            groups_of, biases, followers = {}, {}, {}
         if layers is not None:
             if isinstance(layers, str):
                 layers = [layers]
@@ -263,7 +284,8 @@ class VelocityTracker:
             elif getattr(module, "bias", None) is not None:
                 grouped.append(f"{path}.bias" if path else "bias")
             row_elements = tuple(params[p].numel() // rows for p in grouped)
-            tracked.append(TrackedLayer(path, weight, rows, ranges, tuple(grouped), row_elements, channel_dim))
+            tracked.append(TrackedLayer(path, weight, rows, ranges, tuple(grouped), row_elements, channel_dim,
+                                        tuple(p for p in followers.get(weight, ()) if p in params)))
         if not tracked:
             raise InputError("the model has no conv or linear layer to track")
         return tracked
@@ -451,14 +473,22 @@ class VelocityTracker:
         ``Σ_{i ∈ group} |v_i| · e_p / (e_weight + e_bias)`` for parameter ``p`` (``e`` = elements per
         row): training the whole neuron scores ``|v_i|``, and every parameter of it has the same score per
         element, ``|v_i| / C_i`` — the seed's greedy order. ``per_cost=True`` divides each group's score
-        by its elements (the greedy key itself). ``None`` while no velocity exists."""
+        by its elements (the greedy key itself). ``None`` while no velocity exists.
+
+        With a layer graph, the affine parameters of a BatchNorm fed by a tracked layer (one entry per
+        neuron; the planner decides them whole) are part of its neurons: each gets one number, the share
+        ``Σ_i |v_i| / (e_weight + e_bias + e_followers)`` of the neurons' velocity (``per_cost``: per
+        element). Without it they would score 0 and a velocity plan would never train them."""
         v = self.velocity
         if v is None:
             return None
         out: dict[str, list[float]] = {}
         for layer in self.layers:
             speed = v[layer.weight].abs()
-            total = sum(layer.row_elements)
+            total = sum(layer.row_elements) + len(layer.followers)
+            for param in layer.followers:
+                whole = float(speed.sum()) / total
+                out[param] = whole / layer.channels if per_cost else whole
             for param, per_row in zip(layer.grouped, layer.row_elements):
                 share = per_row / total
                 values = []

@@ -162,6 +162,35 @@ def test_group_scores_share_a_neuron_between_weight_and_bias_and_sum_over_a_grou
     assert len(scores["3.weight"]) == 2 and len(scores["3.bias"]) == 2  # 3 neurons in groups of 2
 
 
+def test_batch_norm_after_a_conv_shares_its_neurons_velocity_and_gets_planned() -> None:
+    """BatchNorm affine parameters (decided whole by the planner) score the share of the conv's neurons
+    that their elements are: weight row 18 + BN weight 1 + BN bias 1 elements per neuron (no conv bias)."""
+    from budgetplan.planning import plan_update
+    from budgetplan.targets import load_target
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(4 * 4 * 4, 3)).eval()
+    x = torch.randn(5, 2, 4, 4)
+    graph = build_layer_graph(trace_model(model, x[:1]), (x[:1],))
+    tracker = VelocityTracker(model, x, graph=graph)
+    assert tracker.layers[0].followers == ("1.weight", "1.bias")
+    for _ in range(3):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+        tracker.measure()
+    v = tracker.velocity["0.weight"].abs().tolist()
+    scores = tracker.group_scores()
+    assert scores["0.weight"] == pytest.approx([x * 18 / 20 for x in v])
+    assert scores["1.weight"] == pytest.approx(sum(v) / 20) and scores["1.bias"] == pytest.approx(sum(v) / 20)
+    per_cost = tracker.group_scores(per_cost=True)
+    assert per_cost["1.weight"] == pytest.approx(sum(v) / 20 / 4)
+    # the planner accepts them (a number for a whole parameter) and, with room to spare, trains them
+    plan = plan_update(graph, load_target("host"), 10 ** 7, scores=scores)
+    assert plan.update.is_updated("1.weight") and plan.update.is_updated("1.bias")
+
+
 def test_stored_bytes_reported_and_bounded() -> None:
     conv = nn.Conv2d(3, 8, 3, padding=1)
     x = torch.randn(4, 3, 6, 6)
