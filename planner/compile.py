@@ -746,7 +746,10 @@ class CompiledModule(nn.Module):
         with the target's cost model: a :class:`~budgetplan.estimate.TrainingEstimate` (bytes, FLOPs).
 
         Traces the module (seconds on large models). ``example_inputs`` default to those given to
-        :func:`compile` (or made from the plan's input shapes)."""
+        :func:`compile` (or made from the plan's input shapes). The row copies of non-contiguous channel
+        subsets (:attr:`row_copy_bytes`, held the whole step) are added to ``peak_bytes``, to the
+        ``weights`` of ``memory`` and ``memory_at_peak`` and to every timeline point; a plan made before
+        compiling does not know them."""
         from budgetplan.graph import build_layer_graph
         from budgetplan.pipeline import estimate_update, resolve_target
         from budgetplan.tracing import trace_model
@@ -757,7 +760,17 @@ class CompiledModule(nn.Module):
         with self.plain() as module, training_modes(module, self.batchnorm):
             traced = trace_model(module, inputs)
             graph = build_layer_graph(traced, inputs)
-        return estimate_update(graph, self.update, resolve_target(target), optimizer=optimizer)
+        est = estimate_update(graph, self.update, resolve_target(target), optimizer=optimizer)
+        copies = self.row_copy_bytes
+        if copies:  # row copies are parameters this module holds for the whole step, besides the model's
+            est.peak_bytes += copies
+            est.memory.weights += copies
+            est.memory_at_peak.weights += copies
+            for point in est.timeline:
+                point.live_bytes += copies
+                point.breakdown.weights += copies
+            est.notes.append(f"includes {copies} bytes of row copies (non-contiguous channel subsets)")
+        return est
 
     def summary(self, max_rows: int = 20) -> Any:
         """A rich renderable: what is trained (per parameter: rows, elements, bytes; at most ``max_rows``

@@ -494,6 +494,10 @@ def test_row_bindings_public_accessor():
     with pytest.raises(AttributeError):
         bindings[0].parameter = "x"  # frozen
     assert sum(b.rows.numel() * 4 for b in bindings if not b.is_view) == compiled.row_copy_bytes
+    # estimate() prices the row copies the module holds (measured: they are parameters of the step)
+    estimate = compiled.estimate()
+    assert f"includes {compiled.row_copy_bytes} bytes of row copies" in " ".join(estimate.notes)
+    assert estimate.timeline[0].live_bytes >= compiled.row_copy_bytes
 
 
 # --------------------------------------------------------------------------------------------------
