@@ -141,8 +141,10 @@ class Reselector:
             keeps the previous plan and says so in the log) or ``"raise"`` (:class:`ReselectionError`).
         warm_start: give the ILP the previous plan as its start.
         gap, time_limit: the ILP's relative gap and time limit (seconds) for the per-epoch re-solves, in
-            place of the planner's (``None``: the planner's). With the warm start, a limited solve always
-            has the previous plan as an incumbent.
+            place of the planner's (``None``: the planner's). The default gap, 1 %, stops a re-solve
+            once its plan is proven within 1 % of the best: velocities are noisy estimates, and proving
+            the last 1 % took as long again (``benchmarks/reselect_overhead.py``); ``gap=0.0`` solves
+            exactly. With the warm start, a limited solve always has the previous plan as an incumbent.
         momentum, sign, max_samples, max_bytes, on_excess: the :class:`VelocityTracker`'s.
         grad_batches: ``(inputs, targets)`` batches for ``"grad-norm"`` (default: the validation batch).
         loss_fn: loss for ``"grad-norm"`` (default cross-entropy).
@@ -160,7 +162,7 @@ class Reselector:
         model: nn.Module | None = None,
         on_overflow: str = "keep",
         warm_start: bool = True,
-        gap: float | None = None,
+        gap: float | None = 0.01,
         time_limit: float | None = None,
         momentum: float = 0.5,
         sign: str = "paper",
