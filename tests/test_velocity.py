@@ -135,6 +135,15 @@ def test_zero_outputs() -> None:
     assert tracker.phi["weight"].tolist() == [1.0, 0.0]
 
 
+def _train_by_noise(model: nn.Module, tracker: VelocityTracker, measurements: int = 3) -> None:
+    """Move every parameter a little between measurements, as training epochs would."""
+    for _ in range(measurements):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+        tracker.measure()
+
+
 def test_group_scores_share_a_neuron_between_weight_and_bias_and_sum_over_a_group() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 3))
@@ -145,11 +154,7 @@ def test_group_scores_share_a_neuron_between_weight_and_bias_and_sum_over_a_grou
     assert tracker.layers[0].groups == ((0, 2), (2, 4))
     assert tracker.layers[0].row_elements == (27, 1)
     assert tracker.group_scores() is None
-    for _ in range(3):
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(0.1 * torch.randn_like(p))
-        tracker.measure()
+    _train_by_noise(model, tracker)
     v = tracker.velocity["0.weight"].abs().tolist()
     scores = tracker.group_scores()
     # weight rows: 27 elements, bias: 1 → shares 27/28 and 1/28; group k sums neurons 2k, 2k+1
@@ -175,11 +180,7 @@ def test_batch_norm_after_a_conv_shares_its_neurons_velocity_and_gets_planned() 
     graph = build_layer_graph(trace_model(model, x[:1]), (x[:1],))
     tracker = VelocityTracker(model, x, graph=graph)
     assert tracker.layers[0].followers == ("1.weight", "1.bias")
-    for _ in range(3):
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(0.1 * torch.randn_like(p))
-        tracker.measure()
+    _train_by_noise(model, tracker)
     v = tracker.velocity["0.weight"].abs().tolist()
     scores = tracker.group_scores()
     assert scores["0.weight"] == pytest.approx([x * 18 / 20 for x in v])
