@@ -50,7 +50,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from budgetplan.errors import InputError
 from budgetplan.update_set import UpdateSet
 
-__all__ = ["LOSSES", "OPTIMIZERS", "Measurement", "measure_step"]
+__all__ = ["LOSSES", "OPTIMIZERS", "Measurement", "measure_step", "training_loss"]
 
 #: Optimizer names accepted by :func:`measure_step`.
 OPTIMIZERS = ("sgd", "sgd-momentum", "adam")
@@ -236,7 +236,10 @@ def _output_tensors(out: Any) -> list[torch.Tensor]:
     return [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor) and t.is_floating_point()]
 
 
-def _compute_loss(out: Any, loss: str, target: torch.Tensor | None) -> torch.Tensor:
+def training_loss(out: Any, loss: str, target: torch.Tensor | None) -> torch.Tensor:
+    """The loss of one step from a model's output: ``"sum"`` of every floating-point output, or
+    ``"cross-entropy"`` of ``(N, C)`` logits against ``target``. Bad outputs raise a one-line
+    :class:`InputError`."""
     if loss == "sum":
         outs = _output_tensors(out)
         if not outs:
@@ -245,6 +248,9 @@ def _compute_loss(out: Any, loss: str, target: torch.Tensor | None) -> torch.Ten
         for t in outs[1:]:
             total = total + t.sum()
         return total
+    if not (isinstance(out, torch.Tensor) and out.dim() == 2):
+        got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise InputError(f"loss 'cross-entropy' needs (N, C) logits, the model returned {got}")
     assert target is not None
     return nn.functional.cross_entropy(out, target)
 
@@ -333,7 +339,7 @@ def _count_flops(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], upd
     with fwd_counter:
         out = net(*inputs)
         target = torch.zeros(out.shape[0], dtype=torch.long) if loss_name == "cross-entropy" else None
-        loss = _compute_loss(out, loss_name, target)
+        loss = training_loss(out, loss_name, target)
     if not backward:
         return int(fwd_counter.get_total_flops()), 0
     bwd_counter = FlopCounterMode(display=False)
@@ -402,7 +408,7 @@ def _measure(
                             )
                         target = torch.zeros(out.shape[0], dtype=torch.long)
                         saved.excluded.update(_unique_bytes([target])[1])
-                    loss = _compute_loss(out, loss_name, target)
+                    loss = training_loss(out, loss_name, target)
                     del out, target
             saved_list = saved.freeze()
             if opt is None:

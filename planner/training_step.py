@@ -45,6 +45,7 @@ from torch.utils._pytree import tree_flatten
 
 from budgetplan.arena import ArenaBuffer
 from budgetplan.errors import InputError
+from budgetplan.measure import training_loss
 
 __all__ = ["LOSSES", "ParameterUpdate", "StepBuffer", "StepInput", "StepNode", "TrainingStep",
            "build_training_step", "eager_sgd_step"]
@@ -256,22 +257,6 @@ def _default_target(inputs: Sequence[StepInput]) -> torch.Tensor:
     return torch.zeros(spec.shape, dtype=torch.long)
 
 
-def _loss_of(out: Any, loss: str, target: torch.Tensor | None) -> torch.Tensor:
-    if loss == "sum":
-        outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor) and t.is_floating_point()]
-        if not outs:
-            raise InputError("the model returned no floating-point tensor to build a loss from")
-        total = outs[0].sum()
-        for t in outs[1:]:
-            total = total + t.sum()
-        return total
-    if not (isinstance(out, torch.Tensor) and out.dim() == 2):
-        got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise InputError(f"loss 'cross-entropy' needs (N, C) logits, the model returned {got}")
-    assert target is not None
-    return nn.functional.cross_entropy(out, target)
-
-
 def eager_sgd_step(module: nn.Module, inputs: Sequence[torch.Tensor] | torch.Tensor, *, loss: str = "sum",
                    lr: float = 0.01, target: torch.Tensor | None = None) -> tuple[nn.Module, torch.Tensor]:
     """The reference: one eager PyTorch step (forward, loss, ``backward()``, ``p -= lr * p.grad`` for every
@@ -281,7 +266,7 @@ def eager_sgd_step(module: nn.Module, inputs: Sequence[torch.Tensor] | torch.Ten
     out = model(*inputs)
     if loss == "cross-entropy" and target is None:
         target = torch.zeros(out.shape[0], dtype=torch.long)
-    value = _loss_of(out, loss, target)
+    value = training_loss(out, loss, target)
     trained = [p for p in model.parameters() if p.requires_grad]
     if trained and value.requires_grad:
         value.backward()
@@ -409,7 +394,7 @@ def build_training_step(module: nn.Module, example_inputs: Sequence[torch.Tensor
     def step(*flat: torch.Tensor) -> torch.Tensor:
         xs = flat[n_t + n_f + n_b:n_t + n_f + n_b + n_in]
         tgt = flat[n_t + n_f + n_b + n_in] if loss == "cross-entropy" else None
-        value = _loss_of(work(*xs), loss, tgt)
+        value = training_loss(work(*xs), loss, tgt)
         if trained_tensors and value.requires_grad:
             grads = torch.autograd.grad(value, trained_tensors, allow_unused=True)
             with torch.no_grad():
