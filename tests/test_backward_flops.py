@@ -22,13 +22,9 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count
 
 from budgetplan.cost_models import backward_flops as B
 from budgetplan.cost_models.meta import TensorMeta, to_meta
+from op_support import Metas, R
 
 aten = torch.ops.aten
-Metas = tuple[TensorMeta, ...]
-
-
-def R(*shape: int) -> torch.Tensor:
-    return torch.randn(*shape)
 
 
 class _Recorder(TorchDispatchMode):

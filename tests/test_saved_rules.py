@@ -21,19 +21,10 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from budgetplan.cost_models import saved as S
 from budgetplan.cost_models.meta import TensorMeta, to_meta
+from op_support import P, R, CountingOp, metas
 
 aten = torch.ops.aten
 Desc = tuple[str, int, bool]  # (kind, index, copy)
-Metas = tuple[TensorMeta, ...]
-
-
-def R(*shape: int) -> torch.Tensor:
-    return torch.randn(*shape)
-
-
-def P(*shape: int) -> torch.Tensor:
-    """Positive values (log, sqrt, ...)."""
-    return torch.rand(*shape) + 0.5
 
 
 # --------------------------------------------------------------------------------------------------
@@ -107,20 +98,6 @@ def assignable(want: list[Desc], observed: list[frozenset[Desc]]) -> bool:
     head, rest = want[0], want[1:]
     return any(head in cands and assignable(rest, observed[:i] + observed[i + 1:])
                for i, cands in enumerate(observed))
-
-
-def metas(op: Callable, args: tuple, kwargs: dict) -> tuple[Any, Metas, Metas]:
-    """What the recorder stores: args as TensorMeta, flat inputs, flat outputs."""
-    flat = [x for x in tree_flatten((args, kwargs))[0] if isinstance(x, torch.Tensor)]
-    with torch.no_grad():
-        out = op(*_fresh(args), **_fresh(kwargs))
-    outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
-    return to_meta(args), tuple(TensorMeta.of(t) for t in flat), tuple(TensorMeta.of(t) for t in outs)
-
-
-def _fresh(tree: Any) -> Any:
-    flat, spec = tree_flatten(tree)
-    return tree_unflatten([x.clone() if isinstance(x, torch.Tensor) else x for x in flat], spec)
 
 
 def patterns(args: tuple, kwargs: dict) -> list[frozenset[int]]:
@@ -509,22 +486,8 @@ def test_probe_with_kwarg_tensor() -> None:
     _probe_matches_oracle(aten._scaled_dot_product_flash_attention_for_cpu.default, args, kwargs)
 
 
-class _CountingOp:
-    """Stands in for an OpOverload and counts how often the probe runs it."""
-
-    def __init__(self, op: Any) -> None:
-        self.op, self.calls = op, 0
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        self.calls += 1
-        return self.op(*args, **kwargs)
-
-    def __str__(self) -> str:
-        return f"counting:{self.op}:{id(self)}"
-
-
 def test_probe_is_cached() -> None:
-    op = _CountingOp(aten.addcdiv.default)
+    op = CountingOp(aten.addcdiv.default)
     args = (R(3, 4), R(3, 4), P(3, 4))
     args_meta, inputs, outputs = metas(aten.addcdiv.default, args, {})
     first = S.probe_saved(op, args_meta, inputs, outputs)

@@ -17,38 +17,14 @@ from typing import Any
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten, tree_unflatten
 from torch.utils.flop_counter import FlopCounterMode
 
 from budgetplan import measure as M
 from budgetplan.cost_models import workspace as W
 from budgetplan.cost_models.meta import TensorMeta, to_meta
+from op_support import P, R, CountingOp, Metas, metas
 
 aten = torch.ops.aten
-Metas = tuple[TensorMeta, ...]
-
-
-def R(*shape: int) -> torch.Tensor:
-    return torch.randn(*shape)
-
-
-def P(*shape: int) -> torch.Tensor:
-    """Positive values (divisors, variances)."""
-    return torch.rand(shape) + 0.5
-
-
-def metas(op: Any, args: tuple, kwargs: dict) -> tuple[Any, Metas, Metas]:
-    """What the recorder stores: args as TensorMeta, flat inputs, flat outputs."""
-    flat = [x for x in tree_flatten((args, kwargs))[0] if isinstance(x, torch.Tensor)]
-    with torch.no_grad():
-        out = op(*_fresh(args), **_fresh(kwargs))
-    outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
-    return to_meta(args), tuple(TensorMeta.of(t) for t in flat), tuple(TensorMeta.of(t) for t in outs)
-
-
-def _fresh(tree: Any) -> Any:
-    flat, spec = tree_flatten(tree)
-    return tree_unflatten([x.clone() if isinstance(x, torch.Tensor) else x for x in flat], spec)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -281,22 +257,8 @@ def test_unknown_op_falls_back_to_the_probe() -> None:
     assert value > 0
 
 
-class _CountingOp:
-    """Stands in for an OpOverload and counts how often the probe runs it."""
-
-    def __init__(self, op: Any) -> None:
-        self.op, self.calls = op, 0
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        self.calls += 1
-        return self.op(*args, **kwargs)
-
-    def __str__(self) -> str:
-        return f"counting:{self.op}:{id(self)}"
-
-
 def test_probe_is_cached() -> None:
-    op = _CountingOp(aten.div.Tensor)
+    op = CountingOp(aten.div.Tensor)
     args_meta, inputs, outputs = metas(aten.div.Tensor, (R(3, 4), P(1, 4)), {})
     first = W.probe_workspace(op, args_meta, inputs, outputs, (True, True))
     assert op.calls == 1 and first > 0
