@@ -80,9 +80,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
+from budgetplan.compute import RecordingMode
 from budgetplan.cost_models.meta import TensorMeta
 from budgetplan.cost_models.saved import (
     OpCall,
@@ -584,7 +584,7 @@ def _storage_key(t: torch.Tensor) -> tuple[int, int] | None:
     return (int(key) if key is not None else int(s.data_ptr())), int(s.nbytes())
 
 
-class _NewStorageBytes(TorchDispatchMode):
+class _NewStorageBytes(RecordingMode):
     """Live bytes of storages first seen while :attr:`recording` (the backward), and their peak.
 
     Like the oracle's tracker: a storage counts from its first sighting as an ATen op's input or

@@ -6,6 +6,11 @@ OpenMP workers spin against each other (a 40 ms MobileNetV2 forward took 2.5 s),
 activations vanish run on denormal floats, which x86 CPUs process up to 100x slower. :func:`planning_compute`
 runs such passes on one thread with denormals flushed to zero and restores both settings afterwards.
 The values computed under it are never used for anything but shapes and storage identities.
+
+:class:`RecordingMode` is the base of budgetplan's own ``TorchDispatchMode``s (the graph recorder, the
+live-bytes oracle, the workspace probe): PyTorch wraps every mode's ``__torch_dispatch__`` in
+``torch._dynamo.disable`` unless the mode opts out, which imports ``torch._dynamo`` on first use (2-3 s)
+and adds a wrapper to every dispatched op. None of these modes compiles anything.
 """
 
 from __future__ import annotations
@@ -14,8 +19,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
-__all__ = ["planning_compute"]
+__all__ = ["RecordingMode", "planning_compute"]
+
+
+class RecordingMode(TorchDispatchMode):
+    """A ``TorchDispatchMode`` that opts out of PyTorch's per-mode dynamo wrapper (see the module doc)."""
+
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        return False
 
 
 @contextmanager

@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.fx as fx
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from budgetplan.compute import RecordingMode
 from budgetplan.cost_models.flops import op_flops
 from budgetplan.cost_models.meta import TensorMeta, to_meta
 from budgetplan.errors import TraceError
@@ -173,14 +173,8 @@ class LayerGraph:
         return len(self.order)
 
 
-class _AtenRecorder(TorchDispatchMode):
+class _AtenRecorder(RecordingMode):
     """Records every ATen op dispatched while active."""
-
-    @classmethod
-    def _should_skip_dynamo(cls) -> bool:
-        # PyTorch wraps a mode's __torch_dispatch__ in torch._dynamo.disable unless told otherwise; that
-        # imports torch._dynamo on first use (2-3 s) and adds a wrapper per op. Nothing here compiles.
-        return False
 
     def __init__(self, keep_alive: list[Any]) -> None:
         super().__init__()

@@ -43,10 +43,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
+from budgetplan.compute import RecordingMode
 from budgetplan.errors import InputError
 from budgetplan.update_set import UpdateSet
 
@@ -105,7 +105,7 @@ def _storage_key(s: torch.UntypedStorage) -> int:
     return int(key) if key is not None else int(s.data_ptr())
 
 
-class _LiveBytes(TorchDispatchMode):
+class _LiveBytes(RecordingMode):
     """Tracks live tensor storages: first sighting as an op input/output -> +bytes, finalizer -> -bytes."""
 
     def __init__(self) -> None:
