@@ -333,7 +333,7 @@ class Planner:
         ``setSolution``, CBC ``mipstart``); it changes how fast the solver finds a good plan, never which
         plans are allowed. A start that does not satisfy the bound is ignored by the solver.
         """
-        graph, target, budget_bytes = self.graph, self.target, self.budget_bytes
+        graph, budget_bytes = self.graph, self.budget_bytes
         notes: list[str] = []
         if strategy == "config" or strategy.startswith("config:") or config is not None:
             if model_module is None:
@@ -467,7 +467,7 @@ def _solve_ilp(model: LinearCostModel, score: dict[str, float], budget: int, flo
     class starts at the number of its members that are on."""
     position = {g.var: i for i, g in enumerate(model.groups)}
     counted: list[_Counted] = []
-    replace: dict[str, list[tuple[str, float]]] = {}  # group var -> [(bit var, weight)] (its share)
+    replace: dict[str, str] = {}  # group var -> the integer count of its class
     extra_constraints: list[Constraint] = []
     extra_continuous: list[str] = []
     objective: dict[str, float] = {}
@@ -477,20 +477,18 @@ def _solve_ilp(model: LinearCostModel, score: dict[str, float], budget: int, flo
         members = sorted(members, key=lambda v: (-score.get(v, 0.0), position[v]))  # ties: channel order
         count_var = f"n{n}"
         counted.append(_Counted(name, members, count_var))
-        count = {count_var: 1.0}
         for v in members:
-            replace[v] = [(bit, w) for bit, w in count.items()]
+            replace[v] = count_var
         scores = [score.get(v, 0.0) for v in members]
         if len(set(scores)) == 1:
-            for bit, w in count.items():
-                objective[bit] = objective.get(bit, 0.0) + scores[0] * w
+            objective[count_var] = scores[0]
         else:  # concave: the sum of the best n scores, bounded by its tangent lines
             gain = f"n{n}_score"
             extra_continuous.append(gain)
             objective[gain] = 1.0
             prefix = 0.0
             for j, s_next in enumerate(scores):
-                terms = {gain: 1.0, **{bit: -s_next * w for bit, w in count.items()}}
+                terms = {gain: 1.0, count_var: -s_next}
                 extra_constraints.append(Constraint(f"count_{n}_score_{j}", LinearExpr(terms),
                                                     prefix - s_next * j, "score"))
                 prefix += s_next
@@ -503,27 +501,23 @@ def _solve_ilp(model: LinearCostModel, score: dict[str, float], budget: int, flo
         seen: set[str] = set()
         for v, c in expr.terms.items():
             if v in replace:
-                # all members share this coefficient: c * count, counted once per class
-                cls = replace[v][0][0]
-                if cls in seen:
+                # an expression holds every member of a class with one coefficient (or none of them):
+                # c * count, counted once per class
+                count_var = replace[v]
+                if count_var in seen:
                     continue
-                seen.add(cls)
-                for bit, w in replace[v]:
-                    terms[bit] += c * w
+                seen.add(count_var)
+                terms[count_var] += c
             else:
                 terms[v] += c
         for v, c in (extra or {}).items():
             terms[v] += c
         return LinearExpr(dict(terms), expr.constant)
 
-    def rewrite_points(expr: LinearExpr, extra: Mapping[str, float] | None = None) -> LinearExpr:
-        # an expression holds either every member of a class with one coefficient or none of them
-        return rewrite(expr, extra)
-
     constraints = [Constraint("held_bytes_definition", rewrite(model.persistent, {_PERSISTENT: -1.0}), 0.0,
                               "bytes")]
     for i, (label, expr) in enumerate(model.points):
-        constraints.append(Constraint(f"live_bytes_{i:04d}_{label}", rewrite_points(expr, {_PERSISTENT: 1.0}),
+        constraints.append(Constraint(f"live_bytes_{i:04d}_{label}", rewrite(expr, {_PERSISTENT: 1.0}),
                                       float(budget), "bytes"))
     if flop_cap is not None:
         constraints.append(Constraint("backward_flops", rewrite(model.backward_flops), float(flop_cap), "FLOPs"))
