@@ -231,7 +231,6 @@ class _RowsConv(torch.autograd.Function):
         gy_sel = None
         if need[2]:
             gy_sel = gy.index_select(1, w_index)
-            k = w_index.numel()
             if groups == 1:
                 gw_rows = torch.ops.aten.convolution_backward(gy_sel, x, w_rows, None, stride, padding, dilation,
                                                               False, zeros, 1, [False, True, False])[1]

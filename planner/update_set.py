@@ -31,7 +31,6 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Union
 
-import torch
 from torch import nn
 
 from budgetplan.errors import InputError
