@@ -1,6 +1,7 @@
 """How budgetplan runs the forward passes it only needs for shapes, storages and op records.
 
-Loading checks a model with one forward pass and the graph recorder runs another; neither needs fast
+Loading checks a model with one forward pass (``loading._check_forward``) and the graph recorder runs
+another (``build_layer_graph``), whoever calls them; neither needs fast
 kernels, but both pay for slow ones: with several intra-op threads on a busy 2-core machine PyTorch's
 OpenMP workers spin against each other (a 40 ms MobileNetV2 forward took 2.5 s), and models whose eval-mode
 activations vanish run on denormal floats, which x86 CPUs process up to 100x slower. :func:`planning_compute`

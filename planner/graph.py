@@ -28,7 +28,7 @@ import torch.fx as fx
 from torch import nn
 from torch.utils._pytree import tree_flatten
 
-from budgetplan.compute import RecordingMode
+from budgetplan.compute import RecordingMode, planning_compute
 from budgetplan.cost_models.flops import op_flops
 from budgetplan.cost_models.meta import TensorMeta, to_meta
 from budgetplan.errors import TraceError
@@ -314,7 +314,7 @@ def build_layer_graph(
     saved_buffers = {name: b.detach().clone() for name, b in gm.named_buffers()}
     recorder = GraphRecorder(gm)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), planning_compute():
             recorder.run(*example_inputs)
     except Exception as exc:  # a model that traced but cannot run on its example input
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

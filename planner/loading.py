@@ -47,6 +47,7 @@ from torch import nn
 from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind, TensorArgument
 
+from budgetplan.compute import planning_compute
 from budgetplan.errors import BudgetplanError, InputError, ModelLoadError
 
 __all__ = ["ACCEPTED_FORMATS", "LoadedModel", "load_model"]
@@ -299,7 +300,7 @@ def _check_forward(module: nn.Module, example: torch.Tensor, what: str) -> None:
     try:
         with contextlib.suppress(Exception):  # ep.module() raises NotImplementedError on eval()
             module.eval()
-        with torch.no_grad(), _quiet():
+        with torch.no_grad(), _quiet(), planning_compute():
             module(example)
     except BudgetplanError:
         raise

@@ -16,7 +16,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from budgetplan.compute import planning_compute
 from budgetplan.errors import InputError
 from budgetplan.estimate import TrainingEstimate, estimate_host
 from budgetplan.estimate_mcu import estimate_mcu
@@ -63,10 +62,9 @@ def trace_source(
     group_size: int = 1,
 ) -> ModelGraph:
     """Load ``source`` (see :func:`budgetplan.loading.load_model`), trace it and build its layer graph."""
-    with planning_compute():
-        loaded = load_model(source, input_shape=input_shape, weights=weights, trust_pickle=trust_pickle)
-        traced = trace_model(loaded.module, loaded.example_inputs, method=trace, exported=loaded.exported)
-        graph = build_layer_graph(traced, loaded.example_inputs, group_size=group_size)
+    loaded = load_model(source, input_shape=input_shape, weights=weights, trust_pickle=trust_pickle)
+    traced = trace_model(loaded.module, loaded.example_inputs, method=trace, exported=loaded.exported)
+    graph = build_layer_graph(traced, loaded.example_inputs, group_size=group_size)
     return ModelGraph(loaded, traced, graph)
 
 
