@@ -22,9 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from budgetplan.export_device import compile_for_device
+from budgetplan.runtime.device_step import compile_for_device
 from budgetplan.pipeline import analyze_model
-from budgetplan.plan_file import dumps_plan
+from budgetplan.emit.plan_file import dumps_plan
 
 print = functools.partial(print, flush=True)  # noqa: A001 - rows appear as they are computed
 

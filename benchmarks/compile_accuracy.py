@@ -1,10 +1,10 @@
 """Compiled training steps vs their plans, on models that ``tests/test_compile.py`` does not use.
 
 For each model: calibrate BatchNorm statistics on random data (as a pretrained model's are), make a
-plan with ``budgetplan.compile.plan`` on the host target under a budget that forces channel subsets
+plan with ``budgetplan.plan`` on the host target under a budget that forces channel subsets
 (the forward-only peak plus 25 % of the gap to full training; the planner's own choice, not
 hand-picked rows), compile it, and compare one real step measured by PyTorch's own accounting
-(``budgetplan.measure.measure_step``: ``saved_tensors_hooks``, ``.grad``, optimizer state, live bytes
+(``budgetplan.runtime.measure.measure_step``: ``saved_tensors_hooks``, ``.grad``, optimizer state, live bytes
 of a dispatch mode) with ``compiled.estimate(...)`` (the host cost model), for SGD and Adam:
 
   act       saved-for-backward activation bytes, predicted / measured, error
@@ -38,11 +38,13 @@ import torch
 from torch import nn
 
 import budgetplan
-from budgetplan import zoo
-from budgetplan.compile import CompiledModule, training_modes
-from budgetplan.measure import measure_step
-from budgetplan.pipeline import estimate_update, resolve_target
-from budgetplan.update_set import UpdateSet
+from budgetplan.model import zoo
+from budgetplan.model.modes import graph_in_training_modes, training_modes
+from budgetplan.runtime.compiled import CompiledModule
+from budgetplan.runtime.measure import measure_step
+from budgetplan.pipeline import estimate_update
+from budgetplan.targets import resolve_target
+from budgetplan.model.update_set import UpdateSet
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -102,14 +104,11 @@ def make_plan(model: nn.Module, x: torch.Tensor) -> tuple[object, str]:
     planner trains no channel subset there (small models: whole tensors are cheap), the same tensors
     with explicit subsets instead: every 2-D+ weight of the plan on rows ``[0:n/2]`` or, every other one,
     on the even rows (a copy, not a view), biases and norms whole: ``(UpdateSet, "derived")``."""
-    from budgetplan.compile import _trace_graph
-
     host = resolve_target("host")
-    with training_modes(model, "frozen"):
-        graph = _trace_graph(model, (x,))
+    graph = graph_in_training_modes(model, (x,), batchnorm="frozen")
     low = estimate_update(graph, UpdateSet.none(), host).peak_bytes
     high = estimate_update(graph, UpdateSet({n: None for n, _ in model.named_parameters()}), host).peak_bytes
-    plan = budgetplan.compile.plan(model, x, target="host", ram=int(low + SHARE * (high - low)),
+    plan = budgetplan.plan(model, x, target="host", ram=int(low + SHARE * (high - low)),
                                    strategy="greedy")
     if plan.update.has_channel_subsets():
         return plan, "plan"

@@ -32,14 +32,14 @@ from flop_oracle import backward_flops  # noqa: E402
 from model_styles import STYLE_MODELS  # noqa: E402
 
 from budgetplan import zoo  # noqa: E402
-from budgetplan.estimate import estimate_host  # noqa: E402
-from budgetplan.estimate_mcu import estimate_mcu  # noqa: E402
-from budgetplan.forward import forward_report  # noqa: E402
-from budgetplan.graph import build_layer_graph  # noqa: E402
-from budgetplan.measure import measure_step  # noqa: E402
+from budgetplan.pricing.host.exact import estimate_host  # noqa: E402
+from budgetplan.pricing.mcu.exact import estimate_mcu  # noqa: E402
+from budgetplan.pricing.inference import forward_report  # noqa: E402
+from budgetplan.model.graph import build_layer_graph  # noqa: E402
+from budgetplan.runtime.measure import measure_step  # noqa: E402
 from budgetplan.targets import load_target  # noqa: E402
-from budgetplan.tracing import trace_model  # noqa: E402
-from budgetplan.update_set import UpdateSet, from_patterns, from_sparse_update_config  # noqa: E402
+from budgetplan.model.tracing import trace_model  # noqa: E402
+from budgetplan.model.update_set import UpdateSet, from_patterns, from_sparse_update_config  # noqa: E402
 
 MODELS = {
     "tinycnn": lambda: (zoo.build("tinycnn")[0], (1, 3, 32, 32)),

@@ -3,7 +3,7 @@
 A small MobileNetV2-style model (inverted residual blocks, 32×32 inputs, 10 classes) trains for a few
 epochs on deterministic synthetic data (one fixed random pattern per class plus noise; no downloads)
 with plain SGD, under a cortex-m7 (or host) byte budget, re-selecting its neurons after every epoch with
-:class:`budgetplan.reselect.Reselector`. Per epoch it prints the training seconds, the velocity pass
+:class:`budgetplan.runtime.reselect.Reselector`. Per epoch it prints the training seconds, the velocity pass
 (forward hooks on 10 validation samples, φ/Δφ/v update), the re-solve (planner call including the exact
 re-pricing), the ``set_update`` switch, and their sum as a share of the training time (goal ≤ 5 %).
 
@@ -20,9 +20,10 @@ import time
 import torch
 from torch import nn
 
-from budgetplan.reselect import Reselector, planner_for
-from budgetplan.update_set import UpdateSet
-from budgetplan.zoo import ConvBNAct, InvertedResidual
+from budgetplan.runtime.reselect import Reselector
+from budgetplan.selection.planner import planner_for
+from budgetplan.model.update_set import UpdateSet
+from budgetplan.model.zoo import ConvBNAct, InvertedResidual
 
 print = functools.partial(print, flush=True)  # noqa: A001 - rows appear as they are computed
 

@@ -10,7 +10,7 @@ Setup (docs/reproduction.md says why):
   accuracy) and fine-tuning does. The target half is split into a training set, 10 held-out images (the
   velocity / gradient-norm batch, as in the paper) and a test set;
 * network — a MobileNetV2-style net (inverted residual blocks with depthwise convolutions and
-  BatchNorm, ``budgetplan.zoo.InvertedResidualNet``), pre-trained on the source task once per seed
+  BatchNorm, ``budgetplan.model.zoo.InvertedResidualNet``), pre-trained on the source task once per seed
   (kept in memory);
 * budgets — three **byte** budgets per target, chosen so that the planner's parameter-maximising ILP
   updates about the paper's shares of the conv parameters (8.8 %, 21.2 %, 30.8 %): a bisection on the
@@ -21,7 +21,7 @@ Setup (docs/reproduction.md says why):
   epoch), ``velocity-greedy`` (the seed: NEq velocity per parameter, greedy fill, every epoch),
   ``velocity-ilp`` (the same scores, the ILP), ``grad-norm`` (TraDy's gradient norm per parameter,
   greedy fill, every epoch). Every budgeted strategy trains through ``budgetplan.compile`` and (except
-  ``static``) re-selects through ``budgetplan.reselect.Reselector``; every epoch's plan is re-priced
+  ``static``) re-selects through ``budgetplan.runtime.reselect.Reselector``; every epoch's plan is re-priced
   with the exact cost model and must fit;
 * training — SGD without momentum, cosine learning rate over all steps, BatchNorm frozen
   (``compile``'s default: running statistics of the pre-trained model, as on a device where BN is
@@ -158,7 +158,7 @@ def tiny_mobilenet(seed: int) -> nn.Module:
     """A MobileNetV2-style network for 32×32 inputs: stem 16, six inverted residual blocks (expand 4,
     depthwise 3×3), a 1×1 feature conv of 96 channels, a linear classifier for 10 classes (≈ 25 k
     parameters, 89 % of them in convolutions)."""
-    from budgetplan.zoo import BlockSpec, InvertedResidualNet
+    from budgetplan.model.zoo import BlockSpec, InvertedResidualNet
 
     blocks = [BlockSpec(1, 3, 8, 1), BlockSpec(4, 3, 16, 2), BlockSpec(4, 3, 16, 1), BlockSpec(4, 3, 24, 2),
               BlockSpec(4, 3, 24, 1), BlockSpec(4, 3, 32, 1)]
@@ -260,9 +260,9 @@ def finetune(strategy: str, seed: int, tasks: Tasks, state: dict[str, torch.Tens
 
     ``ctx``/``budget``: the target and byte budget (budgeted strategies). ``subnet``: the static
     experiment's random sub-network number (a fixed random fill of the budget)."""
-    from budgetplan.compile import compile as compile_model
-    from budgetplan.reselect import Reselector
-    from budgetplan.update_set import UpdateSet
+    from budgetplan.runtime.compiled import compile as compile_model
+    from budgetplan.runtime.reselect import Reselector
+    from budgetplan.model.update_set import UpdateSet
 
     started = time.perf_counter()
     model = tiny_mobilenet(seed)
@@ -377,12 +377,12 @@ class TargetContext:
 def make_target(name: str, cfg: Config) -> TargetContext:
     """Trace the network for ``name`` (cortex-m7: batch 1, tiny-training; host: the training batch) in the
     modes the compiled module trains in (train mode, BatchNorm per ``cfg.batchnorm``)."""
-    from budgetplan.compile import training_modes
-    from budgetplan.graph import build_layer_graph
-    from budgetplan.pipeline import resolve_target
-    from budgetplan.planning import Planner
-    from budgetplan.tracing import trace_model
-    from budgetplan.update_set import UpdateSet
+    from budgetplan.model.modes import training_modes
+    from budgetplan.model.graph import build_layer_graph
+    from budgetplan.targets import resolve_target
+    from budgetplan.selection.planner import Planner
+    from budgetplan.model.tracing import trace_model
+    from budgetplan.model.update_set import UpdateSet
 
     target = resolve_target(name)
     batch = 1 if target.family == "mcu" else cfg.batch
@@ -397,7 +397,7 @@ def make_target(name: str, cfg: Config) -> TargetContext:
 
 
 def _static(ctx: TargetContext, budget: int, shapes: dict, convs: dict) -> tuple[Any, Any, float]:
-    from budgetplan.planning import Planner
+    from budgetplan.selection.planner import Planner
 
     planner = Planner(ctx.graph, ctx.target, budget)
     plan = planner.plan(strategy="ilp", scores="params")
@@ -408,7 +408,7 @@ def _reselect_planner(ctx: TargetContext, budget: int) -> Any:
     """The planner the re-selecting strategies share: the ILP may stop at a 1 % relative gap (random and
     velocity scores break the interchangeable-group counting, and a proof of optimality then costs
     seconds per epoch); plans are re-priced and checked against the budget all the same."""
-    from budgetplan.planning import Planner
+    from budgetplan.selection.planner import Planner
 
     return Planner(ctx.graph, ctx.target, budget, gap=RESELECT_GAP, time_limit=RESELECT_TIME_LIMIT)
 

@@ -14,9 +14,10 @@ from __future__ import annotations
 import functools
 import time
 
-from budgetplan.ilp import available_solvers
-from budgetplan.pipeline import analyze_model, resolve_target, trace_source
-from budgetplan.planning import plan_update
+from budgetplan.selection.solver import available_solvers
+from budgetplan.pipeline import analyze_model, trace_source
+from budgetplan.targets import resolve_target
+from budgetplan.selection.planner import plan_update
 
 print = functools.partial(print, flush=True)  # noqa: A001 - rows appear as they are computed
 

@@ -1,4 +1,4 @@
-"""CBC vs HiGHS on random "knapsack with layer set-up costs" selection problems (budgetplan.ilp).
+"""CBC vs HiGHS on random "knapsack with layer set-up costs" selection problems (budgetplan.selection.solver).
 
 Instance (seeded, sizes count *all* binaries):
   * layers l = 0..L-1 with 8, 16, 32 or 64 neuron groups each;
@@ -42,7 +42,7 @@ import platform
 import random
 import time
 
-from budgetplan.ilp import (
+from budgetplan.selection.solver import (
     Constraint,
     Implication,
     LinearExpr,

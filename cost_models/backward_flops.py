@@ -40,6 +40,7 @@ from typing import Any
 import torch
 
 from budgetplan.cost_models.meta import TensorMeta
+from budgetplan.cost_models.registry import OpRegistry
 
 aten = torch.ops.aten
 
@@ -51,28 +52,19 @@ __all__ = [
 ]
 
 BackwardFormula = Callable[..., "tuple[int, ...]"]
-BACKWARD_REGISTRY: dict[Any, BackwardFormula] = {}
+BACKWARD_REGISTRY: OpRegistry[BackwardFormula] = OpRegistry("backward-FLOP formula")
 """ATen op packet → ``formula(args, inputs, outputs, needs_grad) -> FLOPs per flat input``."""
 
 
 def register_backward(*packets: Any) -> Callable[[BackwardFormula], BackwardFormula]:
     """Register a backward-FLOP formula for one or more ATen op packets (e.g. ``aten.mm``)."""
+    return BACKWARD_REGISTRY.register(*packets)
 
-    def wrap(fn: BackwardFormula) -> BackwardFormula:
-        for packet in packets:
-            BACKWARD_REGISTRY[packet] = fn
-        return fn
-
-    return wrap
-
-
-def _packet(op: Any) -> Any:
-    return getattr(op, "overloadpacket", op)
 
 
 def has_backward_formula(op: Any) -> bool:
     """Whether this ATen op has a backward-FLOP formula (others count 0)."""
-    return _packet(op) in BACKWARD_REGISTRY
+    return op in BACKWARD_REGISTRY
 
 
 def backward_flops(
@@ -89,7 +81,7 @@ def backward_flops(
     ``i`` requires grad. Units: FLOPs (2 per MAC) for one backward pass of the recorded batch.
     """
     need = tuple(bool(n) for n in needs_grad) + (False,) * max(0, len(inputs) - len(needs_grad))
-    formula = BACKWARD_REGISTRY.get(_packet(overload))
+    formula = BACKWARD_REGISTRY.get(overload)
     if formula is None or not any(need[: len(inputs)]):
         return (0,) * len(inputs)
     per_input = formula(tuple(args_meta or ()), tuple(inputs), tuple(outputs), need[: len(inputs)])

@@ -17,37 +17,29 @@ from typing import Any
 import torch
 
 from budgetplan.cost_models.meta import TensorMeta
+from budgetplan.cost_models.registry import OpRegistry
 
 aten = torch.ops.aten
 
 FlopFormula = Callable[..., int]
-FLOP_REGISTRY: dict[Any, FlopFormula] = {}
+FLOP_REGISTRY: OpRegistry[FlopFormula] = OpRegistry("FLOP formula")
 
 
 def register(*packets: Any) -> Callable[[FlopFormula], FlopFormula]:
     """Register a FLOP formula for one or more ATen op packets (e.g. ``aten.mm``)."""
+    return FLOP_REGISTRY.register(*packets)
 
-    def wrap(fn: FlopFormula) -> FlopFormula:
-        for packet in packets:
-            FLOP_REGISTRY[packet] = fn
-        return fn
-
-    return wrap
-
-
-def _packet(op: Any) -> Any:
-    return getattr(op, "overloadpacket", op)
 
 
 def op_flops(op: Any, args: Sequence[Any], out: Any) -> int:
     """FLOPs of one ATen op call (0 for ops without a formula). ``args`` hold TensorMeta for tensors."""
-    formula = FLOP_REGISTRY.get(_packet(op))
+    formula = FLOP_REGISTRY.get(op)
     return int(formula(*args, out=out)) if formula is not None else 0
 
 
 def is_counted(op: Any) -> bool:
     """Whether this ATen op has a FLOP formula."""
-    return _packet(op) in FLOP_REGISTRY
+    return op in FLOP_REGISTRY
 
 
 @register(aten.mm)

@@ -10,10 +10,10 @@ differently from PyTorch eager:
   only the selected channels' input is needed; a bias-only update keeps nothing;
 * other ops on the gradient path keep their activation inputs (conservative).
 
-Each rule is a small function of the layer's shapes, registered by the normalised op name of
-:class:`budgetplan.graph.Layer` (``conv2d``, ``relu6``, ...). It returns :class:`McuSaved` items that say
+Each rule is a small function of the layer's shapes, registered by the normalised op name of a layer
+(:class:`LayerLike`: ``conv2d``, ``relu6``, ...; the planner's layer graph supplies them). It returns :class:`McuSaved` items that say
 what may be kept and under which decision ("the gradient flows into input s", "the weight is trained",
-"these rows are trained"), so the same rules price a concrete update set (:mod:`budgetplan.estimate_mcu`)
+"these rows are trained"), so the same rules price a concrete update set (:mod:`budgetplan.pricing.mcu.exact`)
 and become linear constraints for the planner.
 """
 
@@ -22,8 +22,19 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
-from budgetplan.graph import Layer
+from budgetplan.cost_models.registry import OpRegistry
+
+
+class LayerLike(Protocol):
+    """What the rules read of a layer: its normalised op name and its weight parameter (None: no weight)."""
+
+    @property
+    def op(self) -> str: ...
+
+    @property
+    def weight(self) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -35,7 +46,7 @@ class LayerContext:
     group; ``activation_bytes``: bytes per activation element.
     """
 
-    layer: Layer
+    layer: LayerLike
     input_keys: tuple[int, ...]
     input_numels: tuple[int, ...]
     output_numel: int
@@ -68,18 +79,12 @@ class McuSaved:
 
 
 McuRule = Callable[[LayerContext], list[McuSaved]]
-MCU_SAVED: dict[str, McuRule] = {}
+MCU_SAVED: OpRegistry[McuRule] = OpRegistry("microcontroller rule")
 
 
 def register_mcu(*ops: str) -> Callable[[McuRule], McuRule]:
     """Register a rule for one or more normalised layer ops."""
-
-    def wrap(fn: McuRule) -> McuRule:
-        for op in ops:
-            MCU_SAVED[op] = fn
-        return fn
-
-    return wrap
+    return MCU_SAVED.register(*ops)
 
 
 def mcu_saved(ctx: LayerContext) -> list[McuSaved]:

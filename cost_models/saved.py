@@ -1,6 +1,6 @@
 """What PyTorch's eager autograd saves for backward, per ATen op, as a function of which inputs need grad.
 
-For every ATen op the planner records (an :class:`~budgetplan.graph.AtenCall`), a *saved rule* says which
+For every ATen op the planner records (an :class:`~budgetplan.model.graph.AtenCall`), a *saved rule* says which
 tensors autograd keeps alive until backward, each as a :class:`SavedRef`: a flat input or output of the
 call, and the set of flat inputs of which *any* must require grad for the tensor to be saved. The caller
 applies the rule to its update set (:meth:`SavedRef.active`, :func:`active_refs`) and prices the bytes,
@@ -43,6 +43,7 @@ import torch
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 from budgetplan.cost_models.meta import TensorMeta
+from budgetplan.cost_models.registry import OpRegistry, op_key
 
 aten = torch.ops.aten
 
@@ -117,9 +118,6 @@ def active_refs(refs: Iterable[SavedRef], requires_grad: Sequence[bool]) -> list
 # --------------------------------------------------------------------------------------------------
 
 
-def _packet(op: Any) -> Any:
-    return getattr(op, "overloadpacket", op)
-
 
 def _is_float(dtype: torch.dtype) -> bool:
     return dtype.is_floating_point or dtype.is_complex
@@ -179,19 +177,13 @@ class OpCall:
 
 
 SavedRule = Callable[[OpCall], "list[SavedRef] | None"]
-SAVED_REGISTRY: dict[Any, SavedRule] = {}
+SAVED_REGISTRY: OpRegistry[SavedRule] = OpRegistry("saved-tensor rule")
 """ATen op packet → rule. A rule returns None for an overload it does not cover (then: probe)."""
 
 
 def register_saved(*packets: Any) -> Callable[[SavedRule], SavedRule]:
     """Register a saved rule for one or more ATen op packets (e.g. ``aten.mm``)."""
-
-    def wrap(fn: SavedRule) -> SavedRule:
-        for packet in packets:
-            SAVED_REGISTRY[packet] = fn
-        return fn
-
-    return wrap
+    return SAVED_REGISTRY.register(*packets)
 
 
 def saved_refs(
@@ -206,7 +198,7 @@ def saved_refs(
     ``outputs`` the flat tensors (``AtenCall.inputs``/``outputs``). Every ref carries its ``when`` set, so
     the answer covers every update set; filter with :func:`active_refs`.
     """
-    rule = SAVED_REGISTRY.get(_packet(overload))
+    rule = SAVED_REGISTRY.get(overload)
     if rule is None:
         return None
     call = OpCall(overload, None if args_meta is None else tuple(args_meta), tuple(inputs), tuple(outputs))
@@ -349,7 +341,7 @@ def mul_saved(call: OpCall) -> list[SavedRef]:
     if len(call.inputs) < 2:
         return []
     a, b = 0, 1
-    inplace = _packet(call.overload) is aten.mul_
+    inplace = op_key(call.overload) is aten.mul_
     fl = set(call.floating)
     return _inp(a, {b} & fl, copy=inplace) + _inp(b, {a} & fl)
 
@@ -366,7 +358,7 @@ def div_saved(call: OpCall) -> list[SavedRef] | None:
     if call.overload_name not in ("Tensor", ""):
         return None
     a, b = 0, 1
-    inplace = _packet(call.overload) is aten.div_
+    inplace = op_key(call.overload) is aten.div_
     fl = set(call.floating)
     return _inp(a, {b} & fl, copy=inplace) + _inp(b, {a, b} & fl)
 
@@ -548,7 +540,7 @@ def outputs_differentiable(overload: Any, outputs: Sequence[TensorMeta]) -> tupl
     """Per flat output: can a gradient flow back through it? False for integer/bool outputs (max-pool
     indices), for every output of :data:`NO_GRAD_OPS`, and for the statistics outputs in
     :data:`NON_DIFFERENTIABLE_OUTPUTS` (batch/layer/group-norm mean and inverse std, logsumexp, ...)."""
-    packet = _packet(overload)
+    packet = op_key(overload)
     if packet in NO_GRAD_OPS:
         return tuple(False for _ in outputs)
     skip = NON_DIFFERENTIABLE_OUTPUTS.get(packet, frozenset())

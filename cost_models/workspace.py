@@ -1,7 +1,7 @@
 """Transient workspace of each ATen op's backward: bytes the backward allocates beyond the gradients it
 returns, per ATen op, as a function of shapes and of which inputs need grad.
 
-The host timeline (:mod:`budgetplan.estimate`) charges, at the backward of one recorded call, the
+The host timeline (:mod:`budgetplan.pricing.host.exact`) charges, at the backward of one recorded call, the
 gradients of the inputs that need grad and nothing else. Some backward formulas allocate more, briefly:
 temporaries of a decomposed formula, an un-reduced gradient before the engine sums it down to a
 broadcast operand's shape, a gradient computed for an input that needs none. This module gives those
@@ -25,7 +25,7 @@ So ``pre-existing + G + workspace`` is exactly the peak during the backward, and
 charges the returned gradients adds ``workspace`` on top. Gradients computed for inputs that do *not*
 need grad (the engine drops them when the node returns) are workspace.
 
-This mirrors :mod:`budgetplan.measure`, which counts every storage that surfaces as an ATen op's input
+This mirrors :mod:`budgetplan.runtime.measure`, which counts every storage that surfaces as an ATen op's input
 or output **while ``torch.utils.flop_counter.FlopCounterMode`` is active** (it counts backward FLOPs).
 That matters: ``FlopCounterMode`` decomposes every op it has no FLOP formula for that has a
 ``CompositeImplicitAutograd`` kernel, and on CPU two backward ops have both that and a fused kernel:
@@ -82,8 +82,9 @@ from typing import Any
 import torch
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
-from budgetplan.compute import RecordingMode
+from budgetplan.cost_models.dispatch import RecordingMode
 from budgetplan.cost_models.meta import TensorMeta
+from budgetplan.cost_models.registry import OpRegistry
 from budgetplan.cost_models.saved import (
     OpCall,
     _is_float,
@@ -134,24 +135,15 @@ class WorkspaceCall(OpCall):
 
 
 WorkspaceRule = Callable[[WorkspaceCall, "tuple[bool, ...]"], "int | None"]
-WORKSPACE_REGISTRY: dict[Any, WorkspaceRule] = {}
+WORKSPACE_REGISTRY: OpRegistry[WorkspaceRule] = OpRegistry("workspace rule")
 """ATen op packet → ``rule(call, needs_grad) -> bytes``; a rule returns None for an overload or argument
 combination it does not cover (then: the probe)."""
 
 
 def register_workspace(*packets: Any) -> Callable[[WorkspaceRule], WorkspaceRule]:
     """Register a workspace rule for one or more ATen op packets (e.g. ``aten.silu``)."""
+    return WORKSPACE_REGISTRY.register(*packets)
 
-    def wrap(fn: WorkspaceRule) -> WorkspaceRule:
-        for packet in packets:
-            WORKSPACE_REGISTRY[packet] = fn
-        return fn
-
-    return wrap
-
-
-def _packet(op: Any) -> Any:
-    return getattr(op, "overloadpacket", op)
 
 
 def _needs(needs_grad: Sequence[bool], n: int) -> tuple[bool, ...]:
@@ -171,7 +163,7 @@ def workspace_rule(
 ) -> int | None:
     """Workspace bytes of this call's backward per the registered rule; None when no rule covers it
     (then :func:`backward_workspace` probes). Arguments as in :func:`backward_workspace`."""
-    rule = WORKSPACE_REGISTRY.get(_packet(overload))
+    rule = WORKSPACE_REGISTRY.get(overload)
     if rule is None:
         return None
     need = _needs(needs_grad, len(inputs))
@@ -199,7 +191,7 @@ def backward_workspace(
     ``outputs`` the flat tensors (``AtenCall.inputs``/``outputs``), ``needs_grad[i]`` whether flat input
     ``i`` requires grad (``CallBackward.needs_grad``), ``kwargs_meta`` the keyword arguments when known
     (see :class:`WorkspaceCall`). ``flop_counter=True`` (default) answers what the oracle,
-    :func:`budgetplan.measure.measure_step`, sees; False what a plain eager backward allocates.
+    :func:`budgetplan.runtime.measure.measure_step`, sees; False what a plain eager backward allocates.
     The registered rule answers when there is one, else :func:`probe_workspace` (which never raises).
     See the module docstring for the definition.
     """
@@ -716,7 +708,7 @@ def trace_backward(
     The forward runs under the tracker with saved-tensor hooks, as in the oracle; then
     ``torch.autograd.grad`` runs the backward of the op's differentiable outputs with ones-like
     gradients, under the tracker and (``flop_counter=True``) ``FlopCounterMode``, nested as in
-    :func:`budgetplan.measure.measure_step`. Raises on any failure (use :func:`probe_workspace`).
+    :func:`budgetplan.runtime.measure.measure_step`. Raises on any failure (use :func:`probe_workspace`).
     """
     need = _needs(needs_grad, len(inputs))
     if args_meta is None:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 import budgetplan
-from budgetplan import zoo
+from budgetplan.model import zoo
 
 torch.manual_seed(0)
 model, _ = zoo.build("tinycnn")  # any nn.Module object in memory works; pretend it is pretrained

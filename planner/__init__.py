@@ -10,15 +10,19 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
     __version__ = "0.0.0+unknown"
 
+from budgetplan import _moved
 from budgetplan.errors import BudgetplanError, InputError
 
 __all__ = ["BudgetplanError", "CompiledModule", "EpochLog", "InputError", "Planner", "Reselector",
            "VelocityTracker", "__version__", "compile", "plan", "planner_for"]
 
 # Imported on first use (module __getattr__): ``import budgetplan`` stays light (no tracing/solver modules).
-_LAZY = {"compile": "budgetplan.compile", "CompiledModule": "budgetplan.compile", "plan": "budgetplan.compile",
-         "Planner": "budgetplan.planning", "Reselector": "budgetplan.reselect", "EpochLog": "budgetplan.reselect",
-         "planner_for": "budgetplan.reselect", "VelocityTracker": "budgetplan.velocity"}
+_LAZY = {"compile": "budgetplan.runtime.compiled", "CompiledModule": "budgetplan.runtime.compiled",
+         "plan": "budgetplan.selection.planner", "Planner": "budgetplan.selection.planner",
+         "planner_for": "budgetplan.selection.planner", "Reselector": "budgetplan.runtime.reselect",
+         "EpochLog": "budgetplan.runtime.reselect", "VelocityTracker": "budgetplan.selection.velocity"}
+
+_moved.install()  # budgetplan.planning, budgetplan.estimate_mcu, ...: the paths of 0.1, for one release
 
 
 def __getattr__(name: str) -> Any:
@@ -27,6 +31,8 @@ def __getattr__(name: str) -> Any:
 
         module = importlib.import_module(_LAZY[name])
         # ``budgetplan.compile`` is the submodule itself, made callable (``budgetplan.compile(model, plan)``
-        # calls ``budgetplan.compile.compile``), so ``import budgetplan.compile as m`` and the call agree.
+        # calls ``budgetplan.runtime.compiled.compile``), so ``import budgetplan.compile as m`` and the call agree.
         return module if name == "compile" else getattr(module, name)
+    if name in _moved.MOVED:
+        return _moved.resolve(name)
     raise AttributeError(f"module 'budgetplan' has no attribute {name!r}")

@@ -187,7 +187,7 @@ ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite output files 
 
 def _check_trace_and_optimizer(trace: str, optimizer: str) -> None:
     """Reject a bad --trace or --optimizer before the (slow) model loading."""
-    from budgetplan.estimate import OPTIMIZERS
+    from budgetplan.pricing.host.exact import OPTIMIZERS
 
     if trace not in ("auto", "fx", "export"):
         raise InputError(f"unknown --trace '{trace}'; use auto, fx or export")
@@ -432,12 +432,12 @@ def measure(
 
 
 def _scores_arg(text: str) -> Any:
-    """``params``/``uniform``, or a scores file (JSON or a tensor file; :func:`budgetplan.scores.load_scores`)."""
+    """``params``/``uniform``, or a scores file (JSON or a tensor file; :func:`budgetplan.selection.scores.load_scores`)."""
     if text in ("params", "uniform"):
         return text
     if not Path(text).is_file():
         raise InputError(f"unknown --objective '{text}'; use params, uniform or a scores file (.json, .pt)")
-    from budgetplan.scores import load_scores
+    from budgetplan.selection.scores import load_scores
 
     return load_scores(text)
 
@@ -485,7 +485,7 @@ def analyze(
 ) -> None:
     """Choose the neurons to train under a RAM budget; exit 1 when nothing fits."""
     from budgetplan.pipeline import analyze_model
-    from budgetplan.plan_file import dumps_plan
+    from budgetplan.emit.plan_file import dumps_plan
 
     for path, option in ((json_out, "--json"), (out, "--out"), (html, "--html")):
         _check_output_path(path, force, option)
@@ -501,7 +501,7 @@ def analyze(
     if out is not None:
         _write_text(dumps_plan(doc), out)
     if html is not None:
-        from budgetplan.report_html import render_html
+        from budgetplan.emit.report_html import render_html
 
         _write_text(render_html(doc), html)
     if json_out is not None:
@@ -652,7 +652,7 @@ def compile_command(
     force: ForceOpt = False,
 ) -> None:
     """Compile a plan: the scheduled training-step graph, its static memory arena and device exports."""
-    from budgetplan.training_step import LOSSES
+    from budgetplan.runtime.training_step import LOSSES
 
     _check_output_path(json_out, force)
     directory = _check_output_dir(out, force)
@@ -666,7 +666,7 @@ def compile_command(
         raise InputError(f"unknown --batchnorm '{batchnorm}'; use frozen or train")
     if trace not in ("auto", "fx", "export"):
         raise InputError(f"unknown --trace '{trace}'; use auto, fx or export")
-    from budgetplan.export_device import compile_for_device
+    from budgetplan.runtime.device_step import compile_for_device
 
     with console.status("tracing, compiling and checking…", spinner="dots"), _quiet_torch():
         build = compile_for_device(model, plan, input_shape=_shape(input_shape), weights=weights,

@@ -13,22 +13,20 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from budgetplan.errors import InputError
-from budgetplan.estimate import TrainingEstimate, estimate_host
-from budgetplan.estimate_mcu import estimate_mcu
-from budgetplan.forward import ForwardReport, forward_report
-from budgetplan.graph import LayerGraph, build_layer_graph
-from budgetplan.loading import LoadedModel, load_model
-from budgetplan.measure import Measurement, measure_step
-from budgetplan.plan_file import plan_document
-from budgetplan.planning import PlanResult, plan_update
-from budgetplan.targets import Target, load_target
-from budgetplan.tracing import TracedModel, TraceMethod, trace_model
-from budgetplan.units import parse_bytes
-from budgetplan.update_set import (
+from budgetplan.pricing.family import PricingOptions, for_target
+from budgetplan.pricing.host.exact import TrainingEstimate, estimate_host
+from budgetplan.pricing.inference import ForwardReport, forward_report
+from budgetplan.model.graph import LayerGraph
+from budgetplan.model.source import ModelGraph, ModelSource, trace_source
+from budgetplan.runtime.measure import Measurement, measure_step
+from budgetplan.emit.plan_file import plan_document
+from budgetplan.selection.planner import PlanResult, plan_update
+from budgetplan.targets import Target, resolve_budget, resolve_target
+from budgetplan.model.tracing import TraceMethod
+from budgetplan.model.update_set import (
     UpdateSet,
     from_patterns,
     from_plan_json,
@@ -36,48 +34,6 @@ from budgetplan.update_set import (
     split_patterns,
 )
 
-ModelSource = str | os.PathLike | nn.Module | torch.export.ExportedProgram
-
-
-@dataclass
-class ModelGraph:
-    """A loaded model, its trace and its layer graph."""
-
-    loaded: LoadedModel
-    traced: TracedModel
-    graph: LayerGraph
-
-    @property
-    def name(self) -> str:
-        return self.loaded.source
-
-
-def trace_source(
-    source: ModelSource,
-    *,
-    input_shape: tuple[int, ...] | None = None,
-    weights: str | os.PathLike | None = None,
-    trust_pickle: bool = False,
-    trace: TraceMethod = "auto",
-    group_size: int = 1,
-) -> ModelGraph:
-    """Load ``source`` (see :func:`budgetplan.loading.load_model`), trace it and build its layer graph."""
-    loaded = load_model(source, input_shape=input_shape, weights=weights, trust_pickle=trust_pickle)
-    traced = trace_model(loaded.module, loaded.example_inputs, method=trace, exported=loaded.exported)
-    graph = build_layer_graph(traced, loaded.example_inputs, group_size=group_size)
-    return ModelGraph(loaded, traced, graph)
-
-
-def resolve_target(target: str | os.PathLike | Target) -> Target:
-    """A :class:`Target` object, a built-in name/alias, or a path to a target TOML file."""
-    return target if isinstance(target, Target) else load_target(target)
-
-
-def resolve_budget(target: Target, ram: str | int | None) -> int:
-    """The byte budget: ``ram`` (``"256k"``, ``262144``) when given, else the target's usable RAM."""
-    if ram is None:
-        return target.usable_bytes
-    return parse_bytes(str(ram)) if not isinstance(ram, int) else ram
 
 
 def inspect_model(
@@ -152,12 +108,10 @@ def estimate_training(
 def estimate_update(graph: LayerGraph, update: UpdateSet, target: Target, *, optimizer: str = "sgd",
                     model: str = "", budget_bytes: int | None = None, reorder: bool = True) -> TrainingEstimate:
     """Price an update set with the target family's cost model: ``mcu`` → tiny-training conventions
-    (:mod:`budgetplan.estimate_mcu`), ``host`` and ``embedded-linux`` → PyTorch eager
-    (:mod:`budgetplan.estimate`). ``reorder`` applies to the ``mcu`` family only."""
-    if target.family == "mcu":
-        return estimate_mcu(graph, update, target, optimizer=optimizer, reorder=reorder, model=model,
-                            budget_bytes=budget_bytes)
-    return estimate_host(graph, update, target, optimizer=optimizer, model=model, budget_bytes=budget_bytes)
+    (:mod:`budgetplan.pricing.mcu.exact`), ``host`` and ``embedded-linux`` → PyTorch eager
+    (:mod:`budgetplan.pricing.host.exact`). ``reorder`` applies to the ``mcu`` family only."""
+    return for_target(target).estimate(graph, update, target, PricingOptions(optimizer=optimizer, reorder=reorder),
+                                       model=model, budget_bytes=budget_bytes)
 
 
 @dataclass
@@ -214,7 +168,7 @@ def measure_training(
     trace: TraceMethod = "auto",
 ) -> MeasureComparison:
     """Run one real training step on this computer and put it next to the host prediction."""
-    host = load_target("host")
+    host = resolve_target("host")
     mg = trace_source(source, input_shape=input_shape, weights=weights, trust_pickle=trust_pickle, trace=trace)
     update_set = resolve_update(mg.loaded.module, update)
     prediction = estimate_host(mg.graph, update_set, host, optimizer=optimizer, model=mg.name)
@@ -299,7 +253,7 @@ def check_model(
 ) -> list[CheckItem]:
     """The checks of ``budgetplan check``: inference fits; a given plan still fits this model; at least
     ``min_update_pct`` % of the parameters can be trained within the budget."""
-    from budgetplan.plan_file import check_fingerprint, read_plan
+    from budgetplan.emit.plan_file import check_fingerprint, read_plan
 
     device = resolve_target(target)
     budget = resolve_budget(device, ram)

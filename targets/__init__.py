@@ -40,6 +40,8 @@ __all__ = [
     "builtin_target_names",
     "list_targets",
     "load_target",
+    "resolve_budget",
+    "resolve_target",
 ]
 
 #: Bytes per element of every data type a target may name.
@@ -519,3 +521,15 @@ def builtin_target_names() -> list[str]:
     its aliases."""
     _, _, spellings = _builtin_index()
     return list(spellings)
+
+
+def resolve_target(target: str | os.PathLike[str] | Target) -> Target:
+    """A :class:`Target` object, a built-in name/alias, or a path to a target TOML file."""
+    return target if isinstance(target, Target) else load_target(target)
+
+
+def resolve_budget(target: Target, ram: str | int | None) -> int:
+    """The byte budget: ``ram`` (``"256k"``, ``262144``) when given, else the target's usable RAM."""
+    if ram is None:
+        return target.usable_bytes
+    return parse_bytes(str(ram)) if not isinstance(ram, int) else ram

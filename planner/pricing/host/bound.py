@@ -1,0 +1,205 @@
+"""The ILP's linear upper bound of the PyTorch-eager cost model (:mod:`budgetplan.pricing.host.exact`)
+over update decisions; the decision variables and the bound's contract are in :mod:`budgetplan.pricing.linear`.
+
+Units: bytes, FLOPs.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from budgetplan.errors import InputError
+from budgetplan.model.graph import LayerGraph
+from budgetplan.pricing.linear import (
+    ExprBuilder,
+    Group,
+    Implication,
+    LinearCostModel,
+    LinearExpr,
+    backward_flops_expr,
+    decision_groups,
+)
+from budgetplan.targets import Target
+
+__all__ = ["linear_cost_host"]
+
+
+def linear_cost_host(graph: LayerGraph, target: Target, *, optimizer: str = "sgd") -> LinearCostModel:
+    """Linear upper bound of :func:`budgetplan.pricing.host.exact.estimate_host` (PyTorch eager) over update
+    decisions, at ATen-call granularity: the same rules (:mod:`budgetplan.cost_models.saved`), each
+    saved tensor kept until the backward of the earliest call that may keep it, each activation gradient
+    alive from its writer's backward to its last consumer's, every backward's workspace charged while it
+    may run, Adam's step temporaries charged as twice the largest parameter."""
+    from budgetplan.pricing.gradient_flow import analyze_backward
+    from budgetplan.cost_models.saved import NO_GRAD_OPS, outputs_differentiable, probe_saved, saved_refs
+    from budgetplan.cost_models.workspace import backward_workspace
+    from budgetplan.pricing.host.exact import ADAM_STEP_BYTES, LOSS_BYTES, OPTIMIZERS, SEED_BYTES, forward_last_use
+    from budgetplan.model.update_set import UpdateSet
+
+    if optimizer not in OPTIMIZERS:
+        raise InputError(f"unknown optimizer '{optimizer}'")
+    full = analyze_backward(graph, UpdateSet({n: None for n in graph.parameters}))
+    storages, calls = full.storages, full.calls
+    groups, any_var, trained_var, implications = decision_groups(graph)
+    by_param: dict[str, list[Group]] = defaultdict(list)
+    for g in groups:
+        by_param[g.parameter].append(g)
+    r_names: dict[int, str] = {}
+
+    def atom(key: int) -> str | None:
+        """The variable meaning "this storage requires grad" (parameters: trained)."""
+        s = storages.get(key)
+        if s is None:
+            return None
+        if s.kind == "parameter":
+            return trained_var.get(s.name)
+        if s.kind != "activation" or not s.floating:
+            return None
+        if key not in r_names:
+            r_names[key] = f"r{len(r_names)}"
+        return r_names[key]
+
+    def trained_bytes(param: str, bytes_per_element: float) -> ExprBuilder:
+        e = ExprBuilder()
+        for g in by_param.get(param, ()):
+            e.add(g.var, g.elements * bytes_per_element)
+        return e
+
+    # Gradient flow and what each call may keep.
+    recorded = {cb.index: cb for cb in full.backward}
+    kept_var: dict[int, str] = {}
+    earliest_saver: dict[int, int] = {}
+    runs_var: dict[int, str] = {}
+    storages_ws: dict[int, int] = {}  # call index -> bytes of its backward workspace
+    for rec in calls:
+        call = rec.call
+        packet = getattr(call.overload, "overloadpacket", call.overload)
+        if rec.index not in recorded or packet in NO_GRAD_OPS:
+            continue
+        atoms = [atom(k) if m.dtype.is_floating_point else None for k, m in zip(call.input_keys, call.inputs)]
+        differentiable = outputs_differentiable(call.overload, call.outputs)
+        for j, key in enumerate(call.output_keys):
+            out = atom(key) if differentiable[j] else None
+            if out is None:
+                continue
+            for a in dict.fromkeys(a for a in atoms if a is not None and a != out):
+                implications.append(Implication(f"flow_{rec.index}_{a}_{out}", a, out))
+        refs = saved_refs(call.overload, call.args, call.inputs, call.outputs)
+        if refs is None:
+            refs = probe_saved(call.overload, call.args, call.inputs, call.outputs)
+        for n, ref in enumerate(refs):
+            conds = [atoms[i] for i in ref.when if i < len(atoms) and atoms[i] is not None]
+            if not conds:
+                continue
+            if ref.copy or ref.kind == "extra":
+                key = -(rec.index * 64 + n + 1)
+            else:
+                key = (call.input_keys if ref.kind == "input" else call.output_keys)[ref.index]
+            if storages.get(key) is None or storages[key].kind != "activation":
+                continue
+            kvar = kept_var.setdefault(key, f"k{len(kept_var)}")
+            for c in dict.fromkeys(conds):
+                implications.append(Implication(f"keep_{rec.index}_{n}_{c}", c, kvar))
+            earliest_saver[key] = min(earliest_saver.get(key, rec.index), rec.index)
+        work = max(backward_workspace(call.overload, call.args, call.inputs, call.outputs, recorded[rec.index].needs_grad,
+                                      flop_counter=False), 0)
+        if work:
+            bvar = runs_var.setdefault(rec.index, f"b{len(runs_var)}")
+            for a in dict.fromkeys(a for a in atoms if a is not None):
+                implications.append(Implication(f"runs_{rec.index}_{a}", a, bvar))
+            storages_ws[rec.index] = work
+
+    last_use = forward_last_use(graph, full)  # forward lifetimes, as in estimate_host
+
+    constant = sum(s.nbytes for s in storages.values() if s.kind in ("parameter", "buffer", "input"))
+    persistent = ExprBuilder()
+    persistent.add(None, constant)
+    points: list[tuple[str, LinearExpr]] = []
+    layer_end = {rec.layer: rec.index for rec in calls}
+    ends = {index: layer for layer, index in layer_end.items()}
+    for rec in calls:
+        if rec.index not in ends:
+            continue
+        i = rec.index
+        e = ExprBuilder()
+        for key, s in storages.items():
+            if s.kind != "activation":
+                continue
+            if key < 0:  # a saved copy: exists only when kept
+                if s.producer <= i and key in kept_var:
+                    e.add(kept_var[key], s.nbytes)
+                continue
+            start, stop = s.producer, last_use.get(key, s.producer)
+            if start <= i <= stop:
+                e.add(None, s.nbytes)
+            elif start <= i and key in kept_var:
+                e.add(kept_var[key], s.nbytes)
+        points.append((f"forward:{ends[i]}", e.freeze()))
+
+    # Activation gradients by (storage, version): from the writer's backward to the last consumer's.
+    grad_span: dict[tuple[int, int], list[int]] = {}
+    grad_size: dict[tuple[int, int], int] = {}
+    param_last_use: dict[str, int] = {}
+    for cb in full.backward:
+        call = calls[cb.index].call
+        for i, key in enumerate(call.input_keys):
+            s = storages.get(key)
+            if s is None or not cb.needs_grad[i]:
+                continue
+            if s.kind == "parameter":
+                param_last_use[s.name] = max(param_last_use.get(s.name, -1), cb.index)
+                continue
+            version = (key, cb.input_versions[i])
+            span = grad_span.setdefault(version, [cb.input_versions[i], cb.index])
+            span[1] = max(span[1], cb.index)
+            grad_size[version] = max(grad_size.get(version, 0), call.inputs[i].nbytes)
+    for cb in reversed(full.backward):
+        i = cb.index
+        e = ExprBuilder()
+        for key, var in kept_var.items():
+            if earliest_saver[key] <= i:
+                e.add(var, storages[key].nbytes)
+        for (key, version), (start, stop) in grad_span.items():
+            var = atom(key)
+            if var is not None and start <= i <= stop:
+                e.add(var, grad_size[(key, version)])
+        for name, last in param_last_use.items():
+            if i <= last:
+                itemsize = graph.parameters[name].itemsize
+                own = trained_bytes(name, itemsize)
+                extra = full.grad_storage_bytes.get(name, 0) - graph.parameters[name].numel * itemsize
+                e.add_expr(own)
+                if extra > 0 and name in trained_var:
+                    e.add(trained_var[name], extra)
+        if i in storages_ws:
+            e.add(runs_var[i], storages_ws[i])
+        e.add(None, LOSS_BYTES + SEED_BYTES)
+        points.append((f"backward:{cb.layer}", e.freeze()))
+
+    # The step: gradients, optimizer state and Adam's temporaries.
+    step = ExprBuilder()
+    step.add(None, LOSS_BYTES)
+    for name in param_last_use:
+        itemsize = graph.parameters[name].itemsize
+        step.add_expr(trained_bytes(name, itemsize))
+        extra = full.grad_storage_bytes.get(name, 0) - graph.parameters[name].numel * itemsize
+        if extra > 0 and name in trained_var:
+            step.add(trained_var[name], extra)
+        if optimizer == "sgd-momentum":
+            step.add_expr(trained_bytes(name, itemsize))
+        elif optimizer == "adam":
+            step.add_expr(trained_bytes(name, 2 * itemsize))
+            if name in trained_var:
+                step.add(trained_var[name], ADAM_STEP_BYTES)
+    if optimizer == "adam" and param_last_use:
+        step.add(None, 2 * max(graph.parameters[n].nbytes for n in param_last_use))
+    points.append(("step:optimizer step", step.freeze()))
+
+    flops = backward_flops_expr(graph, [rec.call for rec in calls], atom, by_param)
+    binaries = [g.var for g in groups] + sorted(set(any_var.values())) + sorted(r_names.values()) + \
+        sorted(kept_var.values()) + sorted(set(runs_var.values()))
+    return LinearCostModel(
+        groups=groups, any_var=any_var, trained_var=trained_var, binaries=binaries,
+        implications=implications, persistent=persistent.freeze(), points=points,
+        backward_flops=flops.freeze(), forward_flops=sum(rec.call.flops for rec in calls),
+    )

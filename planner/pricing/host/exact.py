@@ -1,0 +1,241 @@
+"""Price one training step of an update set on a target: memory over the schedule, FLOPs, latency.
+
+The schedule is the one PyTorch eager runs (the ``host`` family): forward in execution order, then
+backward in reverse order, then the optimizer step. A storage is live from the call that creates it to
+its last use in the forward pass, or — when some call keeps it for backward — until the backward of
+the earliest such call has run. Gradients of activations live from the backward of their first
+consumer (in reverse order) to the backward of their producer. Parameter gradients live from their
+backward to the end (eager PyTorch keeps ``.grad`` until ``zero_grad``); optimizer state is allocated
+at the step. Each backward call also holds its transient workspace while it runs (temporaries its
+backward formula allocates beyond the gradients it returns, :mod:`budgetplan.cost_models.workspace`),
+counted under ``other``. **Peak memory is the maximum of live bytes over this timeline**, not a sum.
+
+Units: bytes, FLOPs (2 per MAC, matmul/conv-like ops), seconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from budgetplan.pricing.gradient_flow import BackwardAnalysis, analyze_backward
+from budgetplan.cost_models.workspace import backward_workspace
+from budgetplan.errors import InputError
+from budgetplan.model.graph import LayerGraph
+from budgetplan.targets import Target
+from budgetplan.model.update_set import UpdateSet
+
+OPTIMIZERS = ("sgd", "sgd-momentum", "adam")
+LOSS_BYTES = 4  # the float32 loss scalar, alive from the loss to the end of the step
+SEED_BYTES = 4  # backward's seed gradient (ones_like(loss)), alive during backward
+ADAM_STEP_BYTES = 4  # torch.optim.Adam keeps a float32 0-d 'step' tensor per parameter
+
+
+@dataclass
+class MemoryBreakdown:
+    """Bytes by kind."""
+
+    activations: int = 0
+    weights: int = 0
+    gradients: int = 0
+    optimizer: int = 0
+    other: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.activations + self.weights + self.gradients + self.optimizer + self.other
+
+
+@dataclass
+class TimelinePoint:
+    """Live bytes after one step of the schedule."""
+
+    phase: str  # "forward", "backward", "step"
+    label: str  # layer name or event
+    live_bytes: int
+    breakdown: MemoryBreakdown
+
+
+@dataclass
+class TrainingEstimate:
+    """Predicted cost of one training step.
+
+    ``memory`` holds totals over the step: ``activations`` = distinct storages kept for backward
+    (excluding parameters, buffers and the model input), ``weights`` = parameters and buffers,
+    ``gradients`` = parameter gradients, ``optimizer`` = optimizer state, ``other`` = model input.
+    ``memory_at_peak`` is what is live at the peak, where ``activations`` also counts forward
+    temporaries, ``gradients`` also counts activation gradients in flight and ``other`` the model input
+    plus backward workspace.
+    """
+
+    model: str
+    target: str
+    optimizer: str
+    peak_bytes: int
+    memory: MemoryBreakdown
+    memory_at_peak: MemoryBreakdown
+    peak_at: str
+    flops: dict[str, int]  # forward, backward, backward_to_activations, backward_to_parameters
+    latency_s: float
+    trained_parameters: dict[str, int]  # parameter -> elements trained
+    backward_layers: list[str]
+    timeline: list[TimelinePoint]
+    budget_bytes: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def fits(self) -> bool | None:
+        return None if self.budget_bytes is None else self.peak_bytes <= self.budget_bytes
+
+    def to_dict(self, *, timeline: bool = True) -> dict[str, Any]:
+        data = asdict(self)
+        data["fits"] = self.fits
+        for key in ("memory", "memory_at_peak"):
+            data[key]["total"] = getattr(self, key).total
+        if not timeline:
+            data.pop("timeline")
+        return data
+
+
+def _check_optimizer(optimizer: str) -> None:
+    if optimizer not in OPTIMIZERS:
+        raise InputError(f"unknown optimizer '{optimizer}'; use one of: {', '.join(OPTIMIZERS)}")
+
+
+def forward_last_use(graph: LayerGraph, ba: BackwardAnalysis) -> dict[int, int]:
+    """Index of the last forward call reading or writing each activation storage (model outputs: the
+    last call), the end of its forward lifetime."""
+    storages = ba.storages
+    last_use: dict[int, int] = {}
+    for rec in ba.calls:
+        for key in rec.call.input_keys + rec.call.output_keys:
+            if storages.get(key) is not None and storages[key].kind == "activation":
+                last_use[key] = rec.index
+    for key in graph.output_storages:
+        if key in last_use:
+            last_use[key] = len(ba.calls) - 1
+    return last_use
+
+
+def optimizer_state_bytes(optimizer: str, grad_bytes_by_param: dict[str, int]) -> int:
+    """Optimizer state in bytes for PyTorch's optimizers: SGD none, momentum one buffer per gradient,
+    Adam two buffers plus a 4-byte step counter per parameter."""
+    total = sum(grad_bytes_by_param.values())
+    if optimizer == "sgd":
+        return 0
+    if optimizer == "sgd-momentum":
+        return total
+    return 2 * total + ADAM_STEP_BYTES * len(grad_bytes_by_param)
+
+
+def optimizer_step_workspace(optimizer: str, param_bytes: dict[str, int]) -> int:
+    """Transient bytes of one step of PyTorch's single-tensor optimizers on CPU: Adam computes
+    ``exp_avg_sq.sqrt()`` and a division per parameter (two temporaries of the largest parameter);
+    SGD, with or without momentum, updates in place."""
+    if optimizer != "adam" or not param_bytes:
+        return 0
+    return 2 * max(param_bytes.values())
+
+
+def estimate_host(
+    graph: LayerGraph,
+    update: UpdateSet,
+    target: Target,
+    *,
+    optimizer: str = "sgd",
+    model: str = "",
+    budget_bytes: int | None = None,
+    analysis: BackwardAnalysis | None = None,
+) -> TrainingEstimate:
+    """PyTorch-eager (fp32) estimate of one training step: mirrors what autograd keeps."""
+    _check_optimizer(optimizer)
+    ba = analysis or analyze_backward(graph, update)
+    storages = ba.storages
+    calls = ba.calls
+
+    weights = sum(s.nbytes for s in storages.values() if s.kind in ("parameter", "buffer"))
+    inputs = sum(s.nbytes for s in storages.values() if s.kind == "input")
+
+    last_use = forward_last_use(graph, ba)
+    release_at = {key: min(users) for key, users in ba.saved.items()}  # freed after that call's backward
+
+    timeline: list[TimelinePoint] = []
+    live_act: dict[int, int] = {}
+
+    def point(phase: str, label: str, grads: int, act_grads: int, opt: int, workspace: int = 0) -> None:
+        bd = MemoryBreakdown(activations=sum(live_act.values()), weights=weights, gradients=grads + act_grads,
+                             optimizer=opt, other=inputs + workspace)
+        timeline.append(TimelinePoint(phase, label, bd.total, bd))
+
+    by_layer_end: dict[int, str] = {}
+    for rec in calls:
+        by_layer_end[rec.index] = rec.layer  # the last call of a layer wins: one point per layer
+    last_call_of_layer = {layer: idx for idx, layer in by_layer_end.items()}
+    created_by: dict[int, list[int]] = {}  # call index -> activation storages it creates (saved copies too)
+    for key, s in storages.items():
+        if s.kind == "activation":
+            created_by.setdefault(s.producer, []).append(key)
+    for rec in calls:
+        for key in created_by.get(rec.index, ()):
+            live_act[key] = storages[key].nbytes
+        if last_call_of_layer.get(rec.layer) == rec.index:
+            point("forward", rec.layer, 0, 0, 0)
+        for key in list(live_act):
+            if last_use.get(key, -1) <= rec.index and key not in ba.saved:
+                del live_act[key]
+
+    # Backward in reverse order.
+    param_grads: dict[str, int] = {}
+    # Gradients of activations, keyed by (storage, version): an in-place op writes a new version whose
+    # gradient is a new tensor, a view shares its base's version and gradient.
+    act_grads: dict[tuple[int, int], int] = {}
+    for cb in reversed(ba.backward):
+        call = calls[cb.index].call
+        for i, flag in enumerate(cb.needs_grad):
+            if not flag:
+                continue
+            key = call.input_keys[i]
+            s = storages.get(key)
+            if s is not None and s.kind == "parameter":
+                if s.name not in param_grads:
+                    param_grads[s.name] = ba.grad_storage_bytes.get(
+                        s.name, ba.trained_elements.get(s.name, 0) * graph.parameters[s.name].itemsize)
+            elif (key, cb.input_versions[i]) not in act_grads:
+                act_grads[(key, cb.input_versions[i])] = call.inputs[i].nbytes
+        workspace = backward_workspace(call.overload, call.args, call.inputs, call.outputs, cb.needs_grad,
+                                       flop_counter=False)
+        point("backward", cb.layer, sum(param_grads.values()), sum(act_grads.values()), 0,
+              workspace + LOSS_BYTES + SEED_BYTES)
+        for version_key in [k for k in act_grads if k[1] >= cb.index]:
+            del act_grads[version_key]  # the backward of the call that wrote it has consumed it
+        for key in [k for k, at in release_at.items() if at == cb.index]:
+            live_act.pop(key, None)
+    grads_total = sum(param_grads.values())
+    own_bytes = {name: ba.trained_elements.get(name, 0) * graph.parameters[name].itemsize for name in param_grads}
+    opt_bytes = optimizer_state_bytes(optimizer, own_bytes)
+    live_act.clear()
+    step_extra = LOSS_BYTES if ba.backward else 0
+    point("step", "optimizer step", grads_total, 0, opt_bytes + optimizer_step_workspace(optimizer, own_bytes),
+          step_extra)
+    point("step", "after step", grads_total, 0, opt_bytes)
+
+    peak = max(timeline, key=lambda p: p.live_bytes)
+    forward_flops = sum(rec.call.flops for rec in calls)
+    to_act = sum(cb.flops_to_activations for cb in ba.backward)
+    to_param = sum(cb.flops_to_parameters for cb in ba.backward)
+    total_macs = (forward_flops + to_act + to_param) / 2
+    notes = []
+    if ba.probed_ops:
+        notes.append("saved tensors of these ops were found by running them (no rule): "
+                     + ", ".join(ba.probed_ops))
+    return TrainingEstimate(
+        model=model, target=target.name, optimizer=optimizer, peak_bytes=peak.live_bytes,
+        memory=MemoryBreakdown(activations=ba.saved_activation_bytes(), weights=weights, gradients=grads_total,
+                               optimizer=opt_bytes, other=inputs),
+        memory_at_peak=peak.breakdown, peak_at=f"{peak.phase}:{peak.label}",
+        flops={"forward": forward_flops, "backward": to_act + to_param, "backward_to_activations": to_act,
+               "backward_to_parameters": to_param},
+        latency_s=total_macs / target.macs_per_second if target.macs_per_second else 0.0,
+        trained_parameters=dict(ba.trained_elements), backward_layers=ba.backward_layers, timeline=timeline,
+        budget_bytes=budget_bytes, notes=notes,
+    )
