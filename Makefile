@@ -19,7 +19,9 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(VENV)/bin/budgetplan analyze mobilenetv2-w0.35 --target cortex-m7 --ram 256k
 
+# the layer contracts (import-linter, pyproject.toml) first: a broken contract fails the build
 test: setup
+	$(PY) tests/layers.py
 	$(PY) -m pytest -q -p no:cacheprovider
 
 clean:
