@@ -40,3 +40,15 @@ class TensorMeta:
 def to_meta(tree: Any) -> Any:
     """Replace every tensor in a pytree of op arguments by its :class:`TensorMeta`."""
     return tree_map(lambda x: TensorMeta.of(x) if isinstance(x, torch.Tensor) else x, tree)
+
+
+def storage_key(t: torch.Tensor) -> int | None:
+    """Identity of a tensor's C++ StorageImpl: shared by all views of one storage, stable across resizes,
+    unique while the storage is alive (also for meta and fake tensors, whose data pointers are all 0).
+    ``None`` for tensors without a storage (sparse, some subclasses)."""
+    try:
+        s = t.untyped_storage()
+    except (RuntimeError, NotImplementedError, TypeError):
+        return None
+    key = getattr(s, "_cdata", None)
+    return int(key) if key is not None else int(s.data_ptr())

@@ -42,6 +42,7 @@ from typing import Any, Literal
 import torch
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
+from budgetplan.cost_models.messages import first_line
 from budgetplan.cost_models.meta import TensorMeta
 from budgetplan.cost_models.registry import OpRegistry, op_key
 
@@ -704,7 +705,7 @@ def probe_saved(
         with _outside_modes():
             refs = _probe(overload, args_meta, kwargs_meta, tuple(inputs))
     except Exception as exc:  # noqa: BLE001 — any failure must degrade to the conservative answer
-        reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        reason = first_line(exc, with_type=True)
         PROBE_FAILURES.append(ProbeFailure(str(overload), reason, tuple(inputs)))
         refs = _conservative(inputs, outputs)
     _PROBE_CACHE[key] = tuple(refs)

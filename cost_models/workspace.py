@@ -83,7 +83,8 @@ import torch
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 from budgetplan.cost_models.dispatch import RecordingMode
-from budgetplan.cost_models.meta import TensorMeta
+from budgetplan.cost_models.messages import first_line
+from budgetplan.cost_models.meta import TensorMeta, storage_key
 from budgetplan.cost_models.registry import OpRegistry
 from budgetplan.cost_models.saved import (
     OpCall,
@@ -566,16 +567,6 @@ def workspace_cache_size() -> int:
     return len(_PROBE_CACHE)
 
 
-def _storage_key(t: torch.Tensor) -> tuple[int, int] | None:
-    """(identity of the C++ StorageImpl, bytes of the whole storage); None for tensors without one."""
-    try:
-        s = t.untyped_storage()
-    except (RuntimeError, NotImplementedError, TypeError):
-        return None
-    key = getattr(s, "_cdata", None)
-    return (int(key) if key is not None else int(s.data_ptr())), int(s.nbytes())
-
-
 class _NewStorageBytes(RecordingMode):
     """Live bytes of storages first seen while :attr:`recording` (the backward), and their peak.
 
@@ -595,10 +586,10 @@ class _NewStorageBytes(RecordingMode):
         self._finalizers: list[weakref.finalize] = []
 
     def add(self, t: torch.Tensor) -> None:
-        found = _storage_key(t)
-        if found is None:
+        key = storage_key(t)
+        if key is None:
             return
-        key, nbytes = found
+        nbytes = int(t.untyped_storage().nbytes())
         old = self.live.get(key)
         if old is None:
             if nbytes == 0:
@@ -677,8 +668,7 @@ def probe_workspace(
         value = trace_backward(overload, args_meta, inputs, outputs, need, kwargs_meta,
                                flop_counter=flop_counter).workspace_bytes
     except Exception as exc:  # noqa: BLE001 — any failure must degrade to a visible 0
-        text = str(exc).strip()
-        reason = f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+        reason = first_line(exc, with_type=True)
         WORKSPACE_PROBE_FAILURES.append(WorkspaceProbeFailure(str(overload), reason, tuple(inputs), need))
         value = 0
     _PROBE_CACHE[key] = value
@@ -770,9 +760,9 @@ def _trace(
         tracker.recording = False
         returned: dict[int, int] = {}
         for g in grads:
-            found = None if g is None else _storage_key(g)
-            if found is not None and found[0] in tracker.new:
-                returned[found[0]] = tracker.live[found[0]]
+            key = None if g is None else storage_key(g)
+            if key is not None and key in tracker.new:
+                returned[key] = tracker.live[key]
         return BackwardTrace(tracker.peak, sum(returned.values()), tuple(tracker.ops))
     finally:
         tracker.detach_finalizers()

@@ -30,7 +30,7 @@ from rich.text import Text
 from typer.core import TyperGroup
 
 import budgetplan
-from budgetplan.errors import BudgetplanError, InputError
+from budgetplan.errors import BudgetplanError, InputError, first_line
 from budgetplan.units import format_bytes, parse_shape
 
 # click's UsageError (typer ships its own copy of click in recent versions; this finds it either way).
@@ -135,9 +135,8 @@ def _one_line_errors(fn: F) -> F:
         except Exception as exc:
             if _debug():
                 raise
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             err_console.print(
-                f"internal error: {type(exc).__name__}: {first} (set BUDGETPLAN_DEBUG=1 for the traceback)",
+                f"internal error: {first_line(exc, with_type=True)} (set BUDGETPLAN_DEBUG=1 for the traceback)",
                 markup=False, soft_wrap=True,
             )
             raise typer.Exit(3) from None
@@ -628,9 +627,9 @@ def _check_output_dir(out: str, force: bool) -> Path:
     return d
 
 
-@app.command("compile")
+@app.command("export")
 @_one_line_errors
-def compile_command(
+def export_command(
     model: ModelArg,
     plan: Annotated[str, typer.Option("--plan", metavar="PATH", help="The plan file to compile "
                                       "(written by analyze --out).")],
@@ -651,7 +650,8 @@ def compile_command(
     json_out: JsonOpt = None,
     force: ForceOpt = False,
 ) -> None:
-    """Compile a plan: the scheduled training-step graph, its static memory arena and device exports."""
+    """Export a plan for a device runtime: the scheduled training-step graph, its static memory arena,
+    a C header and tiny-training's sparse-update config."""
     from budgetplan.runtime.training_step import LOSSES
 
     _check_output_path(json_out, force)
@@ -666,10 +666,10 @@ def compile_command(
         raise InputError(f"unknown --batchnorm '{batchnorm}'; use frozen or train")
     if trace not in ("auto", "fx", "export"):
         raise InputError(f"unknown --trace '{trace}'; use auto, fx or export")
-    from budgetplan.runtime.device_step import compile_for_device
+    from budgetplan.runtime.device_step import build_device_step
 
-    with console.status("tracing, compiling and checking…", spinner="dots"), _quiet_torch():
-        build = compile_for_device(model, plan, input_shape=_shape(input_shape), weights=weights,
+    with console.status("tracing, building the step and checking…", spinner="dots"), _quiet_torch():
+        build = build_device_step(model, plan, input_shape=_shape(input_shape), weights=weights,
                                    trust_pickle=trust_pickle, trace=trace, loss=loss, lr=lr, batchnorm=batchnorm)
     try:
         directory.mkdir(exist_ok=True)
@@ -696,7 +696,7 @@ def compile_command(
             return
     a, st = build.arena, build.step
     target = summary["target"] or "?"
-    console.print(f"compiled {escape(build.model)} with {escape(build.plan_path)} (plan for {escape(target)}): "
+    console.print(f"exported {escape(build.model)} with {escape(build.plan_path)} (plan for {escape(target)}): "
                   f"{len(st.nodes)} ops, {len(st.updates)} parameter updates, each right after its gradient "
                   f"({st.build_seconds:.1f} s)", soft_wrap=True)
     console.print(f"arena {a.arena_bytes:,} bytes ({format_bytes(a.arena_bytes)}, {len(a.placements)} buffers, "
@@ -712,6 +712,12 @@ def compile_command(
         console.print(f"note: {note}", markup=False, soft_wrap=True)
     for name in files:
         err_console.print(f"wrote {directory / name}", markup=False, soft_wrap=True)
+
+
+# ``compile`` was this command's name in 0.1; "compile" now means budgetplan.compile (the trainable
+# module) only. The old name keeps working for one release, hidden, with click's deprecation notice.
+app.command("compile", hidden=True, deprecated=True,
+            help="Deprecated name of `budgetplan export` (removed in the next release).")(export_command)
 
 
 def main() -> None:

@@ -7,6 +7,10 @@ Every failure caused by what the user handed us (a path, a model, a flag) is rai
 
 from __future__ import annotations
 
+from budgetplan.cost_models.messages import first_line
+
+__all__ = ["BudgetplanError", "InputError", "ModelLoadError", "TargetError", "TraceError", "first_line"]
+
 
 class BudgetplanError(Exception):
     """A problem with the user's input, explained in one line."""

@@ -31,8 +31,8 @@ from torch.utils._pytree import tree_flatten
 from budgetplan.cost_models.dispatch import RecordingMode
 from budgetplan.model.compute import planning_compute
 from budgetplan.cost_models.flops import op_flops
-from budgetplan.cost_models.meta import TensorMeta, to_meta
-from budgetplan.errors import TraceError
+from budgetplan.cost_models.meta import TensorMeta, storage_key, to_meta
+from budgetplan.errors import TraceError, first_line
 from budgetplan.model.tracing import TracedModel
 
 if TYPE_CHECKING:
@@ -194,18 +194,14 @@ class _AtenRecorder(RecordingMode):
             inputs=tuple(TensorMeta.of(t) for t in flat_in),
             outputs=tuple(TensorMeta.of(t) for t in flat_out),
             flops=op_flops(func, meta_args, meta_out),
-            input_keys=tuple(_storage_key(t) for t in flat_in),
-            output_keys=tuple(_storage_key(t) for t in flat_out),
+            input_keys=tuple(storage_key(t) for t in flat_in),
+            output_keys=tuple(storage_key(t) for t in flat_out),
             output_storage_bytes=tuple(t.untyped_storage().nbytes() for t in flat_out),
             overload=func,
             args=meta_args,
         ))
         self.keep_alive.append(out)
         return out
-
-
-def _storage_key(t: torch.Tensor) -> int:
-    return t.untyped_storage().data_ptr()
 
 
 def _snake(name: str) -> str:
@@ -245,9 +241,9 @@ class GraphRecorder(fx.Interpreter):
         self.param_by_storage: dict[int, str] = {}
         self.buffer_by_storage: dict[int, str] = {}
         for name, p in gm.named_parameters():
-            self.param_by_storage.setdefault(_storage_key(p), name)
+            self.param_by_storage.setdefault(storage_key(p), name)
         for name, b in gm.named_buffers():
-            self.buffer_by_storage.setdefault(_storage_key(b), name)
+            self.buffer_by_storage.setdefault(storage_key(b), name)
 
     def run_node(self, n: fx.Node) -> Any:
         if n.op in ("call_module", "call_function", "call_method"):
@@ -318,7 +314,7 @@ def build_layer_graph(
         with torch.no_grad(), planning_compute():
             recorder.run(*example_inputs)
     except Exception as exc:  # a model that traced but cannot run on its example input
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise TraceError(f"running the traced graph failed: {type(exc).__name__}: {first}") from None
     finally:
         with torch.no_grad():
@@ -350,7 +346,7 @@ def build_layer_graph(
             if isinstance(value, torch.Tensor):
                 inputs[node.name] = TensorMeta.of(value)
                 nodes[f"input:{node.name}"] = {"layer": None, "input": inputs[node.name]}
-                key = _storage_key(value)
+                key = storage_key(value)
                 if key not in storage_owner and key not in param_keys and key not in buffer_keys:
                     nbytes = value.untyped_storage().nbytes()
                     storages[key] = StorageInfo(
@@ -362,7 +358,7 @@ def build_layer_graph(
             continue
         if node.op == "output":
             for t in _tensors(env.get(node)):
-                key = _storage_key(t)
+                key = storage_key(t)
                 if key in storages:
                     output_storages.append(key)
             continue
@@ -376,7 +372,7 @@ def build_layer_graph(
 
         in_tensors = [t for a in _input_nodes(node) for t in _tensors(env.get(a))]
         out_tensors = _tensors(env.get(node))
-        in_keys = [_storage_key(t) for t in in_tensors]
+        in_keys = [storage_key(t) for t in in_tensors]
 
         # Parameters and buffers read: by storage identity, so functional calls, get_attr chains and
         # modules called twice all resolve to the same qualified names.
@@ -384,14 +380,14 @@ def build_layer_graph(
         node_buffers: list[str] = []
         if module is not None:
             for p in module.parameters():
-                pname = param_keys.get(_storage_key(p))
+                pname = param_keys.get(storage_key(p))
                 if pname and pname not in node_params:
                     node_params.append(pname)
             for b in module.buffers():
-                bname = buffer_keys.get(_storage_key(b))
+                bname = buffer_keys.get(storage_key(b))
                 if bname and bname not in node_buffers:
                     node_buffers.append(bname)
-        out_keys = [_storage_key(t) for t in out_tensors]
+        out_keys = [storage_key(t) for t in out_tensors]
         is_param_view = bool(out_keys) and all(k in param_keys or k in buffer_keys for k in out_keys)
         if not is_param_view:
             for key in in_keys:
@@ -403,7 +399,7 @@ def build_layer_graph(
         new_keys: list[int] = []
         new_bytes: list[int] = []
         for t in out_tensors:
-            key = _storage_key(t)
+            key = storage_key(t)
             if key in storage_owner or key in param_keys or key in buffer_keys or key in new_keys:
                 continue
             nbytes = t.untyped_storage().nbytes()
@@ -464,7 +460,7 @@ def _compute_nodes(
         if node.op == "call_module" and str(node.target) == "_guards_fn":
             continue
         out = _tensors(env.get(node))
-        if out and all(_storage_key(t) in buffer_keys for t in out) and all(
+        if out and all(storage_key(t) in buffer_keys for t in out) and all(
             a.op == "get_attr" for a in _input_nodes(node)
         ):
             continue

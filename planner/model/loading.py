@@ -48,7 +48,7 @@ from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind, TensorArgument
 
 from budgetplan.model.compute import planning_compute
-from budgetplan.errors import BudgetplanError, InputError, ModelLoadError
+from budgetplan.errors import BudgetplanError, InputError, ModelLoadError, first_line
 
 __all__ = ["ACCEPTED_FORMATS", "LoadedModel", "load_model"]
 
@@ -272,14 +272,6 @@ def _example_input(shape: tuple[int, ...]) -> torch.Tensor:
     return torch.randn(shape, generator=generator, dtype=torch.float32)
 
 
-def _first_line(exc: BaseException) -> str:
-    """First non-empty line of an exception's message, without terminal colours (else the type name)."""
-    for line in re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).splitlines():
-        if line.strip():
-            return line.strip()[:300]
-    return type(exc).__name__
-
-
 def _root_cause(exc: BaseException) -> BaseException:
     """The innermost ``__cause__`` of a chain of re-raised exceptions."""
     seen = {id(exc)}
@@ -306,11 +298,11 @@ def _check_forward(module: nn.Module, example: torch.Tensor, what: str) -> None:
         raise
     except (RuntimeError, ValueError, AssertionError, IndexError, TypeError) as exc:
         shape = _fmt(example.shape)
-        raise InputError(f"input shape {shape} does not fit the model: {_first_line(exc)}") from exc
+        raise InputError(f"input shape {shape} does not fit the model: {first_line(exc)}") from exc
     except Exception as exc:  # the model's own code failed for another reason
         raise ModelLoadError(
             f"the model {what} failed on a {_fmt(example.shape)} input: "
-            f"{type(exc).__name__}: {_first_line(exc)}"
+            f"{type(exc).__name__}: {first_line(exc)}"
         ) from exc
     finally:
         with torch.no_grad():
@@ -409,7 +401,7 @@ def _load_pt2(path: str, archive: _Archive, given: tuple[int, ...] | None, trust
             ep = torch.export.load(path)
     except Exception as exc:
         raise ModelLoadError(
-            f"{path}: could not load the exported program ({_first_line(_root_cause(exc))}); it may come "
+            f"{path}: could not load the exported program ({first_line(_root_cause(exc))}); it may come "
             f"from another PyTorch version (this is torch {torch.__version__}); {EXPORT_HINT}"
         ) from exc
     return _from_exported(ep, path, given)
@@ -498,7 +490,7 @@ def _from_torchscript(
         with _quiet():
             ep = _convert_script(script, example)
     except Exception as exc:
-        reason = _first_line(_root_cause(exc))
+        reason = first_line(_root_cause(exc))
         raise ModelLoadError(
             f"{source}: TorchScript archive could not be converted ({reason}); {EXPORT_HINT}"
         ) from exc
@@ -618,7 +610,7 @@ def _load_torchscript(path: str, archive: _Archive, given: tuple[int, ...] | Non
             script = torch.jit.load(path, map_location="cpu")
     except Exception as exc:
         raise ModelLoadError(f"{path} looks like a TorchScript archive but torch.jit.load failed: "
-                             f"{_first_line(exc)}; {EXPORT_HINT}") from exc
+                             f"{first_line(exc)}; {EXPORT_HINT}") from exc
     return _from_torchscript(script, path, given, _traced_input_shapes(archive))
 
 
@@ -770,13 +762,13 @@ def _load_torch_save(
             obj = torch.load(path, map_location="cpu", weights_only=False)
     except (ImportError, AttributeError) as exc:
         raise ModelLoadError(
-            f"{path}: cannot unpickle the model ({_first_line(exc)}); the code that defines "
+            f"{path}: cannot unpickle the model ({first_line(exc)}); the code that defines "
             f"{cls or 'its classes'} must be importable (run from that project, or set PYTHONPATH), "
             f"or {EXPORT_HINT}"
         ) from exc
     except Exception as exc:
         raise ModelLoadError(f"{path}: loading the pickled model failed: {type(exc).__name__}: "
-                             f"{_first_line(exc)}") from exc
+                             f"{first_line(exc)}") from exc
     if isinstance(obj, torch.jit.ScriptModule):
         return _from_torchscript(obj, path, given, traced_shapes=None)
     if not isinstance(obj, nn.Module):
@@ -832,11 +824,11 @@ def _from_factory(spec: str, given: tuple[int, ...] | None, weights: str | os.Pa
                 "directory that contains it or add it to PYTHONPATH"
             ) from exc
         raise ModelLoadError(
-            f"importing {module_name!r} for {spec} failed: ModuleNotFoundError: {_first_line(exc)}"
+            f"importing {module_name!r} for {spec} failed: ModuleNotFoundError: {first_line(exc)}"
         ) from exc
     except Exception as exc:
         raise ModelLoadError(
-            f"importing {module_name!r} for {spec} failed: {type(exc).__name__}: {_first_line(exc)}"
+            f"importing {module_name!r} for {spec} failed: {type(exc).__name__}: {first_line(exc)}"
         ) from exc
     target: Any = pymod
     for part in attr_path.split("."):
@@ -849,7 +841,7 @@ def _from_factory(spec: str, given: tuple[int, ...] | None, weights: str | os.Pa
         try:
             model = target()
         except Exception as exc:
-            raise ModelLoadError(f"{spec}() raised {type(exc).__name__}: {_first_line(exc)}") from exc
+            raise ModelLoadError(f"{spec}() raised {type(exc).__name__}: {first_line(exc)}") from exc
     else:
         raise ModelLoadError(f"{spec} is a {type(target).__name__}, not a factory function or model class")
     if not isinstance(model, nn.Module):
@@ -907,7 +899,7 @@ def _load_weights(model: nn.Module, weights: str | os.PathLike, spec: str) -> No
     try:
         model.load_state_dict(state, strict=True)
     except Exception as exc:
-        raise ModelLoadError(f"weights {path} do not match {spec}: {_first_line(exc)}") from exc
+        raise ModelLoadError(f"weights {path} do not match {spec}: {first_line(exc)}") from exc
 
 
 def _some(keys: Sequence[str]) -> str:

@@ -17,7 +17,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from budgetplan.errors import TraceError
+from budgetplan.errors import TraceError, first_line
 
 TraceMethod = Literal["auto", "fx", "export"]
 
@@ -30,11 +30,6 @@ class TracedModel:
     method: str  # "symbolic_trace" or "export"
     exported: torch.export.ExportedProgram | None = None
     fallback_reason: str | None = None  # why symbolic_trace was not used, when it was tried
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".strip()
 
 
 def _user_frame(exc: BaseException) -> str:
@@ -81,7 +76,7 @@ def trace_model(
             return TracedModel(_symbolic_trace(module), "symbolic_trace")
         except Exception as exc:  # any failure of symbolic tracing is a reason to try export
             where = _user_frame(exc)
-            fallback_reason = _first_line(exc) + (f" at {where}" if where else "")
+            fallback_reason = first_line(exc, with_type=True) + (f" at {where}" if where else "")
             if method == "fx":
                 raise TraceError(
                     f"torch.fx.symbolic_trace failed: {fallback_reason}; "
@@ -91,7 +86,7 @@ def trace_model(
         ep = _export(module, example_inputs)
     except Exception as exc:
         where = _user_frame(exc)
-        detail = _first_line(exc) + (f" at {where}" if where else "")
+        detail = first_line(exc, with_type=True) + (f" at {where}" if where else "")
         fx_part = f"torch.fx.symbolic_trace failed ({fallback_reason}) and " if fallback_reason else ""
         raise TraceError(
             f"cannot trace the model: {fx_part}torch.export.export failed: {detail}; "

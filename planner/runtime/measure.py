@@ -47,6 +47,7 @@ from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
 from budgetplan.cost_models.dispatch import RecordingMode
+from budgetplan.cost_models.meta import storage_key
 from budgetplan.errors import InputError
 from budgetplan.model.update_set import UpdateSet
 
@@ -99,12 +100,6 @@ def _storage_of(t: torch.Tensor) -> torch.UntypedStorage | None:
         return None
 
 
-def _storage_key(s: torch.UntypedStorage) -> int:
-    """Identity of the C++ StorageImpl (stable across views and resizes; unique while alive)."""
-    key = getattr(s, "_cdata", None)
-    return int(key) if key is not None else int(s.data_ptr())
-
-
 class _LiveBytes(RecordingMode):
     """Tracks live tensor storages: first sighting as an op input/output -> +bytes, finalizer -> -bytes."""
 
@@ -124,7 +119,7 @@ class _LiveBytes(RecordingMode):
         s = _storage_of(t)
         if s is None:
             return
-        key = _storage_key(s)
+        key = storage_key(t)
         nbytes = int(s.nbytes())
         old = self.live.get(key)
         if old is None:
@@ -201,7 +196,7 @@ class _SavedTensors:
         s = _storage_of(t)
         if s is not None:
             self.live.add(t, "saved tensor (not seen as an op output)")
-            key = _storage_key(s)
+            key = storage_key(t)
             nbytes = int(s.nbytes())
             if key in self.excluded:
                 self.excluded_seen[key] = nbytes
@@ -260,7 +255,7 @@ def _unique_bytes(tensors: list[torch.Tensor]) -> tuple[int, set[int]]:
     for t in tensors:
         s = _storage_of(t)
         if s is not None:
-            keys[_storage_key(s)] = int(s.nbytes())
+            keys[storage_key(t)] = int(s.nbytes())
     return sum(keys.values()), set(keys)
 
 

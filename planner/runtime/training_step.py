@@ -44,7 +44,8 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from torch.utils._pytree import tree_flatten
 
 from budgetplan.runtime.arena import ArenaBuffer
-from budgetplan.errors import InputError
+from budgetplan.cost_models.meta import storage_key
+from budgetplan.errors import InputError, first_line
 from budgetplan.runtime.measure import training_loss
 
 __all__ = ["LOSSES", "ParameterUpdate", "StepBuffer", "StepInput", "StepNode", "TrainingStep",
@@ -204,7 +205,7 @@ class TrainingStep:
         if unknown:
             raise InputError(f"the step graph uses names the emitted file cannot import: {', '.join(unknown)}")
         src = re.sub(r"def forward\(self,?\s*", "def step(", src, count=1)
-        lines = ['"""One SGD training step compiled by budgetplan (see docs/compile.md). Generated: do not edit.',
+        lines = ['"""One SGD training step compiled by budgetplan (see docs/export.md). Generated: do not edit.',
                  "",
                  "step(*args) takes the tensors listed in INPUTS, in order; it returns the loss and updates the",
                  "trained parameters (and BatchNorm statistics) in place. Run it under torch.no_grad().",
@@ -282,14 +283,6 @@ def _ident(prefix: str, name: str) -> str:
     return prefix + re.sub(r"\W", "_", name)
 
 
-def _storage_key(t: torch.Tensor) -> int | None:
-    try:
-        s = t.untyped_storage()
-    except (RuntimeError, NotImplementedError, TypeError):
-        return None
-    return int(s._cdata)
-
-
 def _tensors(value: Any) -> list[torch.Tensor]:
     return [t for t in tree_flatten(value)[0] if isinstance(t, torch.Tensor)]
 
@@ -309,10 +302,10 @@ class _Profile(fx.Interpreter):
         args, kwargs = self.fetch_args_kwargs_from_env(n)
         result = super().run_node(n)
         self.keep.append(result)
-        ins = [k for t in _tensors((args, kwargs)) if (k := _storage_key(t)) is not None]
+        ins = [k for t in _tensors((args, kwargs)) if (k := storage_key(t)) is not None]
         outs = []
         for t in _tensors(result):
-            k = _storage_key(t)
+            k = storage_key(t)
             if k is not None:
                 outs.append(k)
                 self.nbytes.setdefault(k, int(t.untyped_storage().nbytes()))
@@ -414,7 +407,7 @@ def build_training_step(module: nn.Module, example_inputs: Sequence[torch.Tensor
     except InputError:
         raise
     except Exception as exc:  # noqa: BLE001 - a model the tracer cannot handle
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise InputError(f"cannot trace the training step: {type(exc).__name__}: {first}") from None
     del work, trained_tensors, bindings
 
@@ -477,7 +470,7 @@ def build_training_step(module: nn.Module, example_inputs: Sequence[torch.Tensor
         profile.run(*run_args)
     placeholder_keys: dict[int, StepInput] = {}
     for spec, value in zip(specs, run_args):
-        k = _storage_key(value)
+        k = storage_key(value)
         if k is not None:
             placeholder_keys.setdefault(k, spec)
     body = [n for n in gm.graph.nodes if n.op not in ("placeholder", "output")]

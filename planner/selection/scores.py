@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from budgetplan.errors import InputError
+from budgetplan.errors import InputError, first_line
 from budgetplan.model.graph import LayerGraph
 from budgetplan.model.graph import parameter_groups
 
@@ -111,10 +111,10 @@ def load_scores(path: str | os.PathLike) -> Scores:
                 warnings.simplefilter("ignore")  # torch's protocol-version notice for foreign pickles
                 data = torch.load(file, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             raise InputError(f"{where} is not a plain tensor file (refused to run code from it: {first})") from None
         except (OSError, RuntimeError, EOFError, ValueError) as exc:
-            raise InputError(f"{where} is not a torch.save file: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
+            raise InputError(f"{where} is not a torch.save file: {first_line(exc)}") from None
     else:
         try:
             data = json.loads(file.read_text(encoding="utf-8"))
