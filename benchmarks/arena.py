@@ -1,7 +1,7 @@
 """Compiled-step benchmark: arena bytes vs the schedule's peak and the plan's predicted peak.
 
 For a few zoo models × plans (ILP plans on the ``host`` target and on ``cortex-m7``), it runs what
-``budgetplan compile`` runs (plan → compiled module → scheduled training-step graph → arena → check →
+``budgetplan export`` runs (plan → compiled module → scheduled training-step graph → arena → check →
 eager comparison) and prints, in bytes: the arena, the schedule's peak of live arena bytes (the arena's
 lower bound), the same graph's peak without reordering, the plan's predicted peak on its target, the
 fragmentation overhead (arena / peak − 1), whether the emitted step matched an eager step, and the build
@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from budgetplan.runtime.device_step import compile_for_device
+from budgetplan.runtime.device_step import build_device_step
 from budgetplan.pipeline import analyze_model
 from budgetplan.emit.plan_file import dumps_plan
 
@@ -50,7 +50,7 @@ def main() -> None:
             plan = Path(tmp) / f"{name}-{target}.json"
             plan.write_text(dumps_plan(analysis.document))
             started = time.perf_counter()
-            build = compile_for_device(name, plan)
+            build = build_device_step(name, plan)
             seconds = time.perf_counter() - started
             a = build.arena
             outside = sum(build.step.outside_bytes().values())

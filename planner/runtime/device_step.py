@@ -14,7 +14,7 @@
 :func:`sparse_update_config` is :func:`budgetplan.model.update_set.to_sparse_update_config` with a reason
 instead of an exception when the set is not expressible in that format.
 
-:func:`compile_for_device` is what ``budgetplan compile`` does: read the plan, load and trace the model,
+:func:`build_device_step` is what ``budgetplan export`` does: read the plan, load and trace the model,
 refuse a plan made for another model, compile the update set (``budgetplan.compile``), build the
 scheduled training step, place its buffers in an arena, check the arena, run the step once against an
 eager PyTorch step, and render the exports.
@@ -38,7 +38,7 @@ from budgetplan.errors import InputError
 from budgetplan.runtime.training_step import TrainingStep, build_training_step, eager_sgd_step
 from budgetplan.model.update_set import UpdateSet, from_plan_json, to_sparse_update_config
 
-__all__ = ["DeviceBuild", "c_header", "compile_for_device", "sparse_update_config"]
+__all__ = ["DeviceBuild", "c_header", "build_device_step", "compile_for_device", "sparse_update_config"]
 
 
 def _c_ident(name: str) -> str:
@@ -200,7 +200,7 @@ def _compare(step: TrainingStep, module: nn.Module, inputs: tuple[torch.Tensor, 
     return diff
 
 
-def compile_for_device(
+def build_device_step(
     source: Any,
     plan: str | os.PathLike,
     *,
@@ -255,3 +255,7 @@ def compile_for_device(
         notes.append("the plan was priced with tiny-training conventions (int8 activations, fused BatchNorm/ReLU); "
                      "the arena holds this PyTorch float32 graph's buffers, so the two peaks differ in kind")
     return DeviceBuild(mg.name, str(Path(plan)), document, step, arena, header, sparse, reason, diff, matches, notes)
+
+
+#: the 0.1 name of :func:`build_device_step` (``budgetplan compile``, now ``budgetplan export``)
+compile_for_device = build_device_step

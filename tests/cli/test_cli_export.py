@@ -1,4 +1,4 @@
-"""``budgetplan compile`` through the CLI: the files it writes (a graph that runs and matches an eager
+"""``budgetplan export`` through the CLI: the files it writes (a graph that runs and matches an eager
 step, an arena the checker accepts, a header gcc accepts, a sparse-update config that imports back),
 refusing to overwrite, and one-line errors (a plan for another model: exit 2)."""
 
@@ -38,7 +38,7 @@ def plan_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def compiled_dir(plan_file: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("out") / "build"
-    result = invoke("compile", "tinycnn", "--plan", str(plan_file), "--out", str(out), "--json", "-")
+    result = invoke("export", "tinycnn", "--plan", str(plan_file), "--out", str(out), "--json", "-")
     assert result.exit_code == 0, result.stderr
     return out, json.loads(result.stdout)
 
@@ -101,18 +101,18 @@ def test_sparse_update_config_imports_back_to_the_plan(compiled_dir: tuple[Path,
 def test_existing_files_are_not_overwritten_without_force(compiled_dir: tuple[Path, dict], plan_file: Path) -> None:
     out, _ = compiled_dir
     before = (out / "step.py").read_text()
-    result = invoke("compile", "tinycnn", "--plan", str(plan_file), "--out", str(out))
+    result = invoke("export", "tinycnn", "--plan", str(plan_file), "--out", str(out))
     assert_cli_error(result, "step.py exists", "--force")
     assert (out / "step.py").read_text() == before
 
 
 def test_plan_for_another_model_is_one_line_exit_2(plan_file: Path, tmp_path: Path) -> None:
     # a subprocess, as a user runs it: the input shape changes the fingerprint
-    done = run("compile", "tinycnn", "--plan", str(plan_file), "--out", str(tmp_path / "o"),
+    done = run("export", "tinycnn", "--plan", str(plan_file), "--out", str(tmp_path / "o"),
                "--input-shape", "1x3x64x64")
     assert_one_line_error(done.returncode, done.stdout, done.stderr, "was made for another model", "re-plan")
     assert not (tmp_path / "o").exists()
-    other = invoke("compile", "vit-tiny", "--plan", str(plan_file), "--out", str(tmp_path / "o"))
+    other = invoke("export", "vit-tiny", "--plan", str(plan_file), "--out", str(tmp_path / "o"))
     assert_cli_error(other, "was made for another model")
 
 
@@ -123,7 +123,7 @@ def test_plan_for_another_model_is_one_line_exit_2(plan_file: Path, tmp_path: Pa
     (["--batchnorm", "maybe"], ["unknown --batchnorm"]),
 ])
 def test_bad_options_are_one_line(args: list[str], needles: list[str], plan_file: Path, tmp_path: Path) -> None:
-    full = ["compile", "tinycnn", "--out", str(tmp_path / "o")]
+    full = ["export", "tinycnn", "--out", str(tmp_path / "o")]
     if "--plan" not in args:
         full += ["--plan", str(plan_file)]
     assert_cli_error(invoke(*full, *args), *needles)
@@ -132,15 +132,29 @@ def test_bad_options_are_one_line(args: list[str], needles: list[str], plan_file
 def test_out_must_be_a_directory(plan_file: Path, tmp_path: Path) -> None:
     afile = tmp_path / "file"
     afile.write_text("x")
-    assert_cli_error(invoke("compile", "tinycnn", "--plan", str(plan_file), "--out", str(afile)), "is a file")
-    assert_cli_error(invoke("compile", "tinycnn", "--plan", str(plan_file), "--out", str(tmp_path / "a" / "b")),
+    assert_cli_error(invoke("export", "tinycnn", "--plan", str(plan_file), "--out", str(afile)), "is a file")
+    assert_cli_error(invoke("export", "tinycnn", "--plan", str(plan_file), "--out", str(tmp_path / "a" / "b")),
                      "does not exist")
 
 
 def test_table_output_names_arena_and_plan_peak(plan_file: Path, tmp_path: Path) -> None:
-    result = invoke("compile", "tinycnn", "--plan", str(plan_file), "--out", str(tmp_path / "o"), "--loss",
+    result = invoke("export", "tinycnn", "--plan", str(plan_file), "--out", str(tmp_path / "o"), "--loss",
                     "cross-entropy", "--lr", "0.1", "--batchnorm", "train")
     assert result.exit_code == 0, result.stderr
     assert "arena " in result.stdout and "plan's predicted peak" in result.stdout
     assert "fragmentation" in result.stdout and "matches" in result.stdout
     assert json.loads((tmp_path / "o" / "schedule.json").read_text())["loss"] == "cross-entropy"
+
+
+def test_compile_is_a_deprecated_alias_of_export(plan_file: Path, tmp_path: Path) -> None:
+    """0.1's `budgetplan compile` still writes the same files for one release, with a deprecation notice."""
+    new, old = tmp_path / "new", tmp_path / "old"
+    assert invoke("export", "tinycnn", "--plan", str(plan_file), "--out", str(new)).exit_code == 0
+    result = invoke("compile", "tinycnn", "--plan", str(plan_file), "--out", str(old))
+    assert result.exit_code == 0, result.output
+    assert "deprecated" in result.output.lower()
+    assert sorted(p.name for p in old.iterdir()) == sorted(p.name for p in new.iterdir())
+    assert (old / "arena.json").read_text() == (new / "arena.json").read_text()
+    listing = invoke("--help")
+    assert listing.exit_code == 0 and "export" in listing.output
+    assert " compile " not in listing.output  # hidden: the help lists export only
