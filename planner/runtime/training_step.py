@@ -336,6 +336,142 @@ def _row_bindings(module: nn.Module) -> dict[int, tuple[torch.Tensor, torch.Tens
     return {id(b.rows): (b.full, b.index) for b in accessor() if not b.is_view}
 
 
+def _example_target(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """Class 0 for every row of the model's ``(N, C)`` logits (the cross-entropy loss's example target)."""
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        out = copy.deepcopy(module)(*[t.clone() for t in inputs])
+    if not (isinstance(out, torch.Tensor) and out.dim() == 2):
+        got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise InputError(f"loss 'cross-entropy' needs (N, C) logits, the model returned {got}")
+    return torch.zeros(out.shape[0], dtype=torch.long)
+
+
+@dataclass
+class _TracedStep:
+    """One SGD step traced by ``make_fx``: its graph, and what each of its placeholders stands for."""
+
+    graph_module: fx.GraphModule
+    kinds: list[str]  # per placeholder: trained, frozen, buffer, input, target
+    sources: list[str]  # per placeholder: parameter/buffer name, "input i" or "target"
+    trained: list[str]  # names of the trained parameters
+
+
+def _trace_sgd_step(module: nn.Module, inputs: tuple[torch.Tensor, ...], loss: str, lr: float,
+                    target: torch.Tensor | None) -> _TracedStep:
+    """Run one SGD step for real on a copy of ``module`` under ``make_fx``.
+
+    make_fx maps each argument to a placeholder by the tensor's identity, so the module's own parameters
+    (however its forward reaches them) are arguments: trained, then frozen, then buffers, then inputs."""
+    work = copy.deepcopy(module)
+    if callable(getattr(work, "sync", None)) and callable(getattr(work, "row_bindings", None)):
+        work.sync()  # afterwards the forward's own sync() is a no-op (records nothing in the trace)
+    params = list(work.named_parameters())
+    trained = [(n, p) for n, p in params if p.requires_grad]
+    frozen = [(n, p) for n, p in params if not p.requires_grad]
+    buffers = list(work.named_buffers())
+    bindings = _row_bindings(work)
+    first_input = len(trained) + len(frozen) + len(buffers)
+    trained_tensors = [p for _, p in trained]
+
+    def step(*flat: torch.Tensor) -> torch.Tensor:
+        xs = flat[first_input:first_input + len(inputs)]
+        tgt = flat[first_input + len(inputs)] if loss == "cross-entropy" else None
+        value = training_loss(work(*xs), loss, tgt)
+        if trained_tensors and value.requires_grad:
+            grads = torch.autograd.grad(value, trained_tensors, allow_unused=True)
+            with torch.no_grad():
+                for p, g in zip(trained_tensors, grads):
+                    if g is not None:
+                        p.add_(g, alpha=-lr)
+                        if id(p) in bindings:
+                            full, index = bindings[id(p)]
+                            full.index_copy_(0, index, p)
+        return value.detach()
+
+    trace_args = trained_tensors + [p for _, p in frozen] + [b for _, b in buffers]
+    trace_args += [t.detach().clone() for t in inputs] + ([target.clone()] if target is not None else [])
+    try:
+        with torch.random.fork_rng(devices=[]):
+            traced = make_fx(step, tracing_mode="real")(*trace_args)
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a model the tracer cannot handle
+        raise InputError(f"cannot trace the training step: {first_line(exc, with_type=True)}") from None
+    kinds = ["trained"] * len(trained) + ["frozen"] * len(frozen) + ["buffer"] * len(buffers)
+    kinds += ["input"] * len(inputs) + (["target"] if loss == "cross-entropy" else [])
+    sources = [n for n, _ in trained] + [n for n, _ in frozen] + [n for n, _ in buffers]
+    sources += [f"input {i}" for i in range(len(inputs))] + (["target"] if loss == "cross-entropy" else [])
+    return _TracedStep(traced, kinds, sources, [n for n, _ in trained])
+
+
+def _readable_graph(step: _TracedStep, example_values: list[torch.Tensor]
+                    ) -> tuple[fx.GraphModule, list[StepInput], dict[str, torch.Tensor]]:
+    """The traced graph rebuilt with readable, flat arguments (``p_…`` trained, ``f_…`` frozen, ``b_…``
+    buffers, ``x0…`` inputs, ``target``); captured tensors become ``const…`` arguments. Returns the graph
+    module, its argument specs and the constants' values."""
+    prefixes = {"trained": "p_", "frozen": "f_", "buffer": "b_", "input": "x"}
+    traced = step.graph_module
+    graph = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    specs: list[StepInput] = []
+    used: set[str] = set()
+    old_placeholders = [n for n in traced.graph.nodes if n.op == "placeholder"]
+    for node, kind, source, value in zip(old_placeholders, step.kinds, step.sources, example_values):
+        base = "target" if kind == "target" else (
+            f"x{source.split()[1]}" if kind == "input" else _ident(prefixes[kind], source))
+        name = base
+        while name in used:
+            name += "_"
+        ph = graph.placeholder(name)
+        ph.target = ph.name  # fx may have normalised the name (snake case); argument and node agree
+        used.add(ph.name)
+        env[node] = ph
+        specs.append(StepInput(ph.name, kind, source, tuple(value.shape), str(value.dtype).replace("torch.", ""),
+                               int(value.untyped_storage().nbytes())))
+    constants: dict[str, torch.Tensor] = {}
+    for node in traced.graph.nodes:
+        if node.op == "get_attr":
+            value = getattr(traced, node.target)
+            ph = graph.placeholder(f"const{len(constants)}")
+            ph.target = ph.name
+            constants[ph.name] = value.detach().clone()
+            env[node] = ph
+            specs.append(StepInput(ph.name, "constant", str(node.target), tuple(value.shape),
+                                   str(value.dtype).replace("torch.", ""), int(value.untyped_storage().nbytes())))
+    for node in traced.graph.nodes:
+        if node.op in ("placeholder", "get_attr"):
+            continue
+        env[node] = graph.node_copy(node, lambda n: env[n])
+    gm = fx.GraphModule(nn.Module(), graph)
+    gm.graph.eliminate_dead_code()
+    gm.recompile()
+    return gm, specs, constants
+
+
+def _loss_index(body: list[fx.Node], out_node: fx.Node, eager_index: dict[str, int]) -> int:
+    """Position in ``body`` of the node computing the loss (the output, under its ``detach``es)."""
+    loss_node = out_node.args[0]
+    while isinstance(loss_node, fx.Node) and loss_node.target is torch.ops.aten.detach.default:
+        loss_node = loss_node.args[0]
+    return eager_index.get(loss_node.name, -1) if isinstance(loss_node, fx.Node) else -1
+
+
+def _parameter_writes(body: list[fx.Node], profile: _Profile, placeholder_keys: dict[int, StepInput],
+                      loss_index: int, trained_names: dict[str, str]
+                      ) -> tuple[list[fx.Node], dict[str, tuple[fx.Node, fx.Node]]]:
+    """The nodes after the loss that write a parameter (the SGD updates and the row write-backs: the
+    movable ones), and the updates among them: update node name -> (update node, gradient node)."""
+    param_keys = {k for k, s in placeholder_keys.items() if s.kind in ("trained", "frozen")}
+    movable = [n for n in body[loss_index + 1:] if set(profile.writes.get(n.name, [])) & param_keys
+               and n.op == "call_function"]
+    updates: dict[str, tuple[fx.Node, fx.Node]] = {}
+    for n in movable:
+        if (n.target is torch.ops.aten.add_.Tensor and isinstance(n.args[0], fx.Node)
+                and n.args[0].name in trained_names and isinstance(n.args[1], fx.Node)):
+            updates[n.name] = (n, n.args[1])
+    return movable, updates
+
+
 def build_training_step(module: nn.Module, example_inputs: Sequence[torch.Tensor] | torch.Tensor, *,
                         loss: str = "sum", lr: float = 0.01, target: torch.Tensor | None = None,
                         reorder: bool = True) -> TrainingStep:
@@ -363,105 +499,19 @@ def build_training_step(module: nn.Module, example_inputs: Sequence[torch.Tensor
     _check_args(module, inputs, loss, lr)
     lr = float(lr)
     if loss == "cross-entropy" and target is None:
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            out = copy.deepcopy(module)(*[t.clone() for t in inputs])
-        if not (isinstance(out, torch.Tensor) and out.dim() == 2):
-            got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise InputError(f"loss 'cross-entropy' needs (N, C) logits, the model returned {got}")
-        target = torch.zeros(out.shape[0], dtype=torch.long)
-
-    # The trace runs the step for real on a copy; make_fx maps each argument to a placeholder by the
-    # tensor's identity, so the module's own parameters (however its forward reaches them) are arguments.
-    work = copy.deepcopy(module)
-    if callable(getattr(work, "sync", None)) and callable(getattr(work, "row_bindings", None)):
-        work.sync()  # afterwards the forward's own sync() is a no-op (records nothing in the trace)
-    params = list(work.named_parameters())
-    trained = [(n, p) for n, p in params if p.requires_grad]
-    frozen = [(n, p) for n, p in params if not p.requires_grad]
-    buffers = list(work.named_buffers())
-    bindings = _row_bindings(work)
-    n_t, n_f, n_b, n_in = len(trained), len(frozen), len(buffers), len(inputs)
-    names = [n for n, _ in trained] + [n for n, _ in frozen] + [n for n, _ in buffers]
-    trained_tensors = [p for _, p in trained]
-
-    def step(*flat: torch.Tensor) -> torch.Tensor:
-        xs = flat[n_t + n_f + n_b:n_t + n_f + n_b + n_in]
-        tgt = flat[n_t + n_f + n_b + n_in] if loss == "cross-entropy" else None
-        value = training_loss(work(*xs), loss, tgt)
-        if trained_tensors and value.requires_grad:
-            grads = torch.autograd.grad(value, trained_tensors, allow_unused=True)
-            with torch.no_grad():
-                for p, g in zip(trained_tensors, grads):
-                    if g is not None:
-                        p.add_(g, alpha=-lr)
-                        if id(p) in bindings:
-                            full, index = bindings[id(p)]
-                            full.index_copy_(0, index, p)
-        return value.detach()
-
-    trace_args = [p for _, p in params if p.requires_grad] + [p for _, p in frozen] + [b for _, b in buffers]
-    trace_args += [t.detach().clone() for t in inputs] + ([target.clone()] if target is not None else [])
-    try:
-        with torch.random.fork_rng(devices=[]):
-            traced = make_fx(step, tracing_mode="real")(*trace_args)
-    except InputError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - a model the tracer cannot handle
-        first = first_line(exc)
-        raise InputError(f"cannot trace the training step: {type(exc).__name__}: {first}") from None
-    del work, trained_tensors, bindings
+        target = _example_target(module, inputs)
+    traced = _trace_sgd_step(module, inputs, loss, lr, target)
 
     def fresh_args() -> list[torch.Tensor]:
         # a deep copy keeps the aliasing between the module's tensors (rows that are views of a weight)
         twin = copy.deepcopy(module)
         state = {**dict(twin.named_parameters()), **dict(twin.named_buffers())}
+        names = [s for s, k in zip(traced.sources, traced.kinds) if k in ("trained", "frozen", "buffer")]
         out = [state[n].detach() for n in names]
         out += [t.detach().clone() for t in inputs]
         return out + ([target.clone()] if target is not None else [])
 
-    # Rebuild the graph with readable, flat arguments; captured tensors become "constant" arguments.
-    specs: list[StepInput] = []
-    kinds = ["trained"] * n_t + ["frozen"] * n_f + ["buffer"] * n_b + ["input"] * n_in
-    sources = names + [f"input {i}" for i in range(n_in)]
-    prefixes = {"trained": "p_", "frozen": "f_", "buffer": "b_", "input": "x"}
-    if loss == "cross-entropy":
-        kinds.append("target")
-        sources.append("target")
-    graph = fx.Graph()
-    env: dict[fx.Node, fx.Node] = {}
-    old_placeholders = [n for n in traced.graph.nodes if n.op == "placeholder"]
-    example_values = fresh_args()
-    used: set[str] = set()
-    for node, kind, source, value in zip(old_placeholders, kinds, sources, example_values):
-        base = "target" if kind == "target" else (
-            f"x{source.split()[1]}" if kind == "input" else _ident(prefixes[kind], source))
-        name = base
-        while name in used:
-            name += "_"
-        ph = graph.placeholder(name)
-        ph.target = ph.name  # fx may have normalised the name (snake case); argument and node agree
-        name = ph.name
-        used.add(name)
-        env[node] = ph
-        specs.append(StepInput(name, kind, source, tuple(value.shape), str(value.dtype).replace("torch.", ""),
-                               int(value.untyped_storage().nbytes())))
-    constants: dict[str, torch.Tensor] = {}
-    for node in traced.graph.nodes:
-        if node.op == "get_attr":
-            value = getattr(traced, node.target)
-            ph = graph.placeholder(f"const{len(constants)}")
-            ph.target = ph.name
-            constants[ph.name] = value.detach().clone()
-            env[node] = ph
-            specs.append(StepInput(ph.name, "constant", str(node.target), tuple(value.shape),
-                                   str(value.dtype).replace("torch.", ""), int(value.untyped_storage().nbytes())))
-    for node in traced.graph.nodes:
-        if node.op in ("placeholder", "get_attr"):
-            continue
-        env[node] = graph.node_copy(node, lambda n: env[n])
-    gm = fx.GraphModule(nn.Module(), graph)
-    gm.graph.eliminate_dead_code()
-    gm.recompile()
+    gm, specs, constants = _readable_graph(traced, fresh_args())
 
     # Profile run on clones: which storages each node reads and writes.
     profile = _Profile(gm)
@@ -476,21 +526,9 @@ def build_training_step(module: nn.Module, example_inputs: Sequence[torch.Tensor
     body = [n for n in gm.graph.nodes if n.op not in ("placeholder", "output")]
     out_node = next(n for n in gm.graph.nodes if n.op == "output")
     trained_names = {s.name: s.source for s in specs if s.kind == "trained"}
-
     eager_index = {n.name: i for i, n in enumerate(body)}
-    loss_node = out_node.args[0]
-    while isinstance(loss_node, fx.Node) and loss_node.target is torch.ops.aten.detach.default:
-        loss_node = loss_node.args[0]
-    loss_index = eager_index.get(loss_node.name, -1) if isinstance(loss_node, fx.Node) else -1
-    param_keys = {k for k, s in placeholder_keys.items() if s.kind in ("trained", "frozen")}
-    # parameter writes after the loss: the SGD updates and the row write-backs (movable)
-    movable = [n for n in body[loss_index + 1:] if set(profile.writes.get(n.name, [])) & param_keys
-               and n.op == "call_function"]
-    updates: dict[str, tuple[fx.Node, fx.Node]] = {}  # update node name -> (update node, gradient node)
-    for n in movable:
-        if (n.target is torch.ops.aten.add_.Tensor and isinstance(n.args[0], fx.Node)
-                and n.args[0].name in trained_names and isinstance(n.args[1], fx.Node)):
-            updates[n.name] = (n, n.args[1])
+    loss_index = _loss_index(body, out_node, eager_index)
+    movable, updates = _parameter_writes(body, profile, placeholder_keys, loss_index, trained_names)
     phases = {n.name: "update" for n in movable}
 
     unscheduled = _lifetimes(body, profile, placeholder_keys, out_node, updates, loss_index, phases)
@@ -513,7 +551,7 @@ def build_training_step(module: nn.Module, example_inputs: Sequence[torch.Tensor
                                    profile.nbytes.get(gkeys[0], 0) if gkeys else 0, index[name], eager_index[name]))
     upd.sort(key=lambda u: u.step)
     notes = []
-    missing = [n for n, _ in trained if n not in {u.parameter for u in upd}]
+    missing = [n for n in traced.trained if n not in {u.parameter for u in upd}]
     if missing:
         notes.append(f"{len(missing)} trained parameter(s) do not influence the loss and are not updated: "
                      f"{', '.join(missing[:5])}")
