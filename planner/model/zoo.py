@@ -17,6 +17,12 @@ Names (case-insensitive):
   (whose exact layer list is not reproduced here), only a network of the same family and size.
 * ``proxylessnas-w<width>`` (listed: ``proxylessnas-w0.3``) -- a ProxylessNAS-mobile-style network
   (mixed kernels 3/5/7, expand ratios 3/6) at the given width, 1×3×128×128 input.
+* ``mbv2-w0.35-tt``, ``mcunet-5fps-tt``, ``proxyless-w0.3-tt`` -- tiny-training's three MCU networks,
+  exactly: the architectures of its ``mbv2-w0.35.pkl``, ``mcunet-5fps.pkl`` and ``proxyless-w0.3.pkl``
+  written out as data (:class:`TinyTrainingNet`, BatchNorm folded into conv biases, so the Conv2d list
+  is the one tiny-training's sparse-update schemes index), 1×3×128×128 input, 10 classes (the head of
+  tiny-training's compiled training graphs). :mod:`budgetplan.model.tiny_training` loads the ``.pkl``
+  files themselves into the same class.
 * ``tinycnn`` -- three conv-BN-ReLU stages, pooling and a linear classifier; 1×3×32×32, 10 classes.
 * ``vit-tiny`` -- a small vision transformer (patch 4, dim 64, 4 blocks, 4 heads; q/k/v/proj are
   separate ``nn.Linear``); 1×3×32×32, 10 classes.
@@ -38,7 +44,8 @@ from torch import nn
 
 from budgetplan.errors import InputError, ModelLoadError
 
-__all__ = ["ZooEntry", "build", "is_zoo_name", "list_models", "lookup", "make_divisible"]
+__all__ = ["TTBlockSpec", "TTConv", "TinyTrainingNet", "ZooEntry", "build", "is_zoo_name", "list_models",
+           "lookup", "make_divisible", "tt_block_specs"]
 
 IMAGENET_CLASSES = 1000
 SMALL_CLASSES = 10
@@ -371,6 +378,113 @@ class VisionTransformer(nn.Module):
         return self.head(tokens[:, 0])
 
 
+@dataclass(frozen=True)
+class TTConv:
+    """One convolution of a tiny-training MCU network (BatchNorm already folded into its bias).
+
+    ``clip``: the activation after the conv, a ReLU clipped at ``clip`` (6.0 = ReLU6), or None for a
+    linear conv (the projection of an inverted-residual block). Padding is ``(kernel - 1) // 2``, as in
+    tiny-training.
+    """
+
+    in_channels: int
+    out_channels: int
+    kernel: int
+    stride: int = 1
+    groups: int = 1
+    clip: float | None = 6.0
+
+
+@dataclass(frozen=True)
+class TTBlockSpec:
+    """One inverted-residual block: optional 1×1 expansion, depthwise conv, linear 1×1 projection, and
+    whether the block input is added to its output (an identity skip)."""
+
+    pointwise1: TTConv | None
+    depthwise: TTConv
+    pointwise2: TTConv
+    residual: bool
+
+
+class ConvAct(nn.Module):
+    """Conv2d with a bias (BatchNorm folded), then the clipped ReLU of :class:`TTConv` if any."""
+
+    def __init__(self, spec: TTConv) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(spec.in_channels, spec.out_channels, spec.kernel, spec.stride,
+                              padding=(spec.kernel - 1) // 2, groups=spec.groups, bias=True)
+        self.act: nn.Module | None = None
+        if spec.clip is not None:
+            self.act = nn.ReLU6() if spec.clip == 6.0 else nn.Hardtanh(0.0, spec.clip)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Convolve, then clip."""
+        x = self.conv(x)
+        return x if self.act is None else self.act(x)
+
+
+class TTBlock(nn.Module):
+    """A tiny-training inverted-residual block (``pointwise1`` is None when the block does not expand)."""
+
+    def __init__(self, spec: TTBlockSpec) -> None:
+        super().__init__()
+        self.pointwise1 = ConvAct(spec.pointwise1) if spec.pointwise1 is not None else None
+        self.depthwise = ConvAct(spec.depthwise)
+        self.pointwise2 = ConvAct(spec.pointwise2)
+        self.residual = spec.residual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the block."""
+        out = x if self.pointwise1 is None else self.pointwise1(x)
+        out = self.pointwise2(self.depthwise(out))
+        return x + out if self.residual else out
+
+
+class TinyTrainingNet(nn.Module):
+    """tiny-training's MCU network layout: ``first_conv``, ``blocks``, optional ``feature_mix``, global
+    average pooling and a linear ``classifier``.
+
+    Convs carry their biases (BatchNorm folded, as on the device), so the ``nn.Conv2d`` modules in
+    definition order are exactly tiny-training's conv list (first_conv = 0, then each block's
+    pointwise1, depthwise, pointwise2, then feature_mix; the classifier is a Linear and not counted),
+    which its sparse-update schemes index. Both the built-ins of this zoo and the ``.pkl`` loader
+    (:mod:`budgetplan.model.tiny_training`) build this class.
+    """
+
+    def __init__(
+        self,
+        first_conv: TTConv,
+        blocks: Sequence[TTBlockSpec],
+        num_classes: int,
+        feature_mix: TTConv | None = None,
+    ) -> None:
+        super().__init__()
+        self.first_conv = ConvAct(first_conv)
+        self.blocks = nn.Sequential(*(TTBlock(spec) for spec in blocks))
+        self.feature_mix = ConvAct(feature_mix) if feature_mix is not None else None
+        last = feature_mix or (blocks[-1].pointwise2 if blocks else first_conv)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(last.out_channels, num_classes)
+
+    def init_weights(self) -> None:
+        """Variance-preserving init for a network without BatchNorm: Kaiming fan-in convs (ReLU gain
+        before a ReLU, linear gain for the projections), zero biases, small-normal classifier."""
+        for module in self.modules():
+            if isinstance(module, ConvAct):
+                gain = "relu" if module.act is not None else "linear"
+                nn.init.kaiming_normal_(module.conv.weight, mode="fan_in", nonlinearity=gain)
+                nn.init.zeros_(module.conv.bias)
+        nn.init.trunc_normal_(self.classifier.weight, std=0.02)
+        nn.init.zeros_(self.classifier.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for a batch of images."""
+        x = self.blocks(self.first_conv(x))
+        if self.feature_mix is not None:
+            x = self.feature_mix(x)
+        return self.classifier(torch.flatten(self.pool(x), 1))
+
+
 # --------------------------------------------------------------------------------------------------
 # Architectures
 # --------------------------------------------------------------------------------------------------
@@ -450,6 +564,72 @@ def _mcunet(num_classes: int) -> nn.Module:
     )
 
 
+# tiny-training's three MCU networks: the architectures stored in mit-han-lab/tiny-training's
+# mbv2-w0.35.pkl, mcunet-5fps.pkl and proxyless-w0.3.pkl (MIT), written out as data. Each is a 3×3
+# stride-2 stem conv to 16 channels, then inverted-residual blocks (expand, kernel, channels, stride):
+# the expanded width is in·expand exactly (no rounding), expand 1 means no pointwise1 conv, and a block
+# adds its input when stride == 1 and in == out. No feature-mix conv; the classifier reads the last
+# block. tests/model/test_zoo.py checks every conv against the .pkl configs.
+_TT_STEM = 16
+_TT_NETWORKS: dict[str, tuple[BlockSpec, ...]] = {
+    "mbv2-w0.35": tuple(BlockSpec(*spec) for spec in (
+        (1, 3, 8, 1),
+        (6, 3, 8, 2), (6, 3, 8, 1),
+        (6, 3, 16, 2), (6, 3, 16, 1), (6, 3, 16, 1),
+        (6, 3, 24, 2), (6, 3, 24, 1), (6, 3, 24, 1), (6, 3, 24, 1),
+        (6, 3, 32, 1), (6, 3, 32, 1), (6, 3, 32, 1),
+        (6, 3, 56, 2), (6, 3, 56, 1), (6, 3, 56, 1),
+        (6, 3, 112, 1),
+    )),
+    "mcunet-5fps": tuple(BlockSpec(*spec) for spec in (
+        (1, 3, 8, 1),
+        (4, 3, 16, 2), (3, 3, 16, 1),
+        (3, 7, 24, 2), (5, 3, 24, 1),
+        (5, 3, 40, 2), (4, 7, 40, 1),
+        (4, 5, 48, 1), (3, 3, 48, 1), (4, 3, 48, 1),
+        (5, 7, 96, 2), (4, 5, 96, 1), (4, 5, 96, 1),
+        (6, 3, 160, 1),
+    )),
+    "proxyless-w0.3": tuple(BlockSpec(*spec) for spec in (
+        (1, 3, 8, 1),
+        (3, 5, 16, 2), (3, 3, 16, 1),
+        (3, 7, 16, 2), (3, 3, 16, 1), (3, 5, 16, 1), (3, 5, 16, 1),
+        (6, 7, 24, 2), (3, 5, 24, 1), (3, 5, 24, 1), (3, 5, 24, 1),
+        (6, 5, 32, 1), (3, 5, 32, 1), (3, 5, 32, 1), (3, 5, 32, 1),
+        (6, 7, 64, 2), (6, 7, 64, 1), (3, 7, 64, 1), (3, 7, 64, 1),
+        (6, 7, 96, 1),
+    )),
+}  # fmt: skip
+TT_NUM_CLASSES = 10
+"""Classifier width of the tiny-training built-ins: the 10 classes of tiny-training's compiled training
+graphs (``compilation/mcu_ir_gen.py``), whose ImageNet head is replaced by a new fp32 linear layer."""
+
+
+def tt_block_specs(blocks: Sequence[BlockSpec], in_channels: int = _TT_STEM) -> list[TTBlockSpec]:
+    """Inverted-residual :class:`BlockSpec` rows (channels taken literally) as :class:`TTBlockSpec`s."""
+    specs: list[TTBlockSpec] = []
+    channels = in_channels
+    for block in blocks:
+        hidden = channels * block.expand
+        if hidden != int(hidden):
+            raise ValueError(f"expand {block.expand} of {channels} channels is not a whole channel count")
+        hidden = int(hidden)
+        pointwise1 = TTConv(channels, hidden, 1) if block.expand != 1 else None
+        specs.append(TTBlockSpec(
+            pointwise1=pointwise1,
+            depthwise=TTConv(hidden, hidden, block.kernel, block.stride, groups=hidden),
+            pointwise2=TTConv(hidden, block.channels, 1, clip=None),
+            residual=block.stride == 1 and channels == block.channels,
+        ))
+        channels = block.channels
+    return specs
+
+
+def _tiny_training_net(key: str, num_classes: int) -> nn.Module:
+    """One of tiny-training's three MCU networks (:data:`_TT_NETWORKS`), BatchNorm folded."""
+    return TinyTrainingNet(TTConv(3, _TT_STEM, 3, 2), tt_block_specs(_TT_NETWORKS[key]), num_classes)
+
+
 @dataclass(frozen=True)
 class _Recipe:
     """How to build one canonical name."""
@@ -489,6 +669,17 @@ _FIXED: dict[str, _Recipe] = {
         IMAGENET_CLASSES,
         _mcunet,
     ),
+    **{
+        f"{key}-tt": _Recipe(
+            f"tiny-training's {title} (the architecture of its {key}.pkl, BatchNorm folded into the convs, "
+            f"{convs} convs + a linear classifier), {_MCU_NOTE}, {TT_NUM_CLASSES} classes",
+            MCU_INPUT,
+            TT_NUM_CLASSES,
+            lambda k, key=key: _tiny_training_net(key, k),
+        )
+        for key, title, convs in (("mbv2-w0.35", "MobileNetV2-w0.35", 51), ("mcunet-5fps", "MCUNet-5FPS", 42),
+                                  ("proxyless-w0.3", "ProxylessNAS-w0.3", 60))
+    },
     "tinycnn": _Recipe(
         "Tiny CNN (3 conv-BN-ReLU stages, pooling, linear) for unit tests, 1x3x32x32 input",
         SMALL_INPUT,
@@ -521,6 +712,9 @@ _LISTED = (
     "mobilenetv2-w0.75",
     "mcunet",
     "proxylessnas-w0.3",
+    "mbv2-w0.35-tt",
+    "mcunet-5fps-tt",
+    "proxyless-w0.3-tt",
     "tinycnn",
     "vit-tiny",
 )
@@ -648,3 +842,5 @@ def _initialise(model: nn.Module) -> None:
         elif isinstance(module, VisionTransformer):
             nn.init.trunc_normal_(module.cls_token, std=0.02)
             nn.init.trunc_normal_(module.pos_embed, std=0.02)
+    if isinstance(model, TinyTrainingNet):  # no BatchNorm: the fan-out init above fades to ~1e-8
+        model.init_weights()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -240,3 +241,78 @@ def test_non_string_name() -> None:
 def test_zoo_models_are_fx_traceable(zoo: dict[str, tuple[nn.Module, ZooEntry]]) -> None:
     for name in ("tinycnn", "vit-tiny", "mcunet", "resnet18"):
         torch.fx.symbolic_trace(zoo[name][0])
+
+
+# --------------------------------------------------------------------------------------------------
+# tiny-training's three MCU networks, checked conv by conv against its own .pkl configs
+# --------------------------------------------------------------------------------------------------
+
+TT_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "tiny-training"
+TT_MODELS = {"mbv2-w0.35-tt": ("mbv2-w0.35", 51), "mcunet-5fps-tt": ("mcunet-5fps", 42),
+             "proxyless-w0.3-tt": ("proxyless-w0.3", 60)}
+
+
+@pytest.mark.parametrize("name", sorted(TT_MODELS))
+def test_tiny_training_builtins_work_without_the_files(
+    zoo: dict[str, tuple[nn.Module, ZooEntry]], name: str
+) -> None:
+    model, entry = zoo[name]
+    assert entry.input_shape == (1, 3, 128, 128) and entry.num_classes == 10
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == TT_MODELS[name][1]
+    assert all(c.bias is not None for c in convs)  # BatchNorm folded, as on the device
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert isinstance(model.classifier, nn.Linear) and model.classifier.out_features == 10
+
+
+def _pkl_convs(config: dict) -> list[tuple[str, dict]]:
+    """tiny-training's conv list from a .pkl dict: first_conv, each block's pointwise1/depthwise/
+    pointwise2 (when present), feature_mix; the classifier is not a conv for tiny-training."""
+    convs = [("first_conv", config["first_conv"])]
+    for i, block in enumerate(config["blocks"]):
+        convs += [(f"blocks.{i}.{k}", block[k]) for k in ("pointwise1", "depthwise", "pointwise2")
+                  if block[k] is not None]
+    if config["feature_mix"] is not None:
+        convs.append(("feature_mix", config["feature_mix"]))
+    return convs
+
+
+@pytest.mark.skipif(not TT_DIR.is_dir(), reason=f"tiny-training's .pkl files are not at {TT_DIR} "
+                    "(the checkout's ../shared/tiny-training)")
+@pytest.mark.parametrize("name", sorted(TT_MODELS))
+def test_tiny_training_builtins_match_the_pkl_layer_by_layer(
+    zoo: dict[str, tuple[nn.Module, ZooEntry]], name: str
+) -> None:
+    from budgetplan.model.tiny_training import read_config
+
+    config = read_config(TT_DIR / f"{TT_MODELS[name][0]}.pkl")
+    model, entry = zoo[name]
+    expected = _pkl_convs(config)
+    convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == len(expected) == TT_MODELS[name][1]
+    sides: dict[str, tuple[int, int]] = {}
+    def record(name: str):  # noqa: ANN202
+        return lambda mod, inputs, out: sides.__setitem__(name, (inputs[0].shape[-1], out.shape[-1]))
+
+    hooks = [m.register_forward_hook(record(n)) for n, m in convs]
+    try:
+        with torch.no_grad():
+            model.eval()
+            model(torch.randn(entry.input_shape))
+    finally:
+        model.train()
+        for h in hooks:
+            h.remove()
+    for (module_name, conv), (pkl_name, ref) in zip(convs, expected):
+        assert module_name == f"{pkl_name}.conv"
+        k = ref["kernel_size"][0] if isinstance(ref["kernel_size"], tuple) else ref["kernel_size"]
+        got = (conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.groups,
+               conv.padding, sides[module_name])
+        want = (ref["in_channel"], ref["out_channel"], (k, k), (ref["stride"],) * 2, ref["groups"],
+                ((k - 1) // 2,) * 2, (ref["in_shape"], ref["out_shape"]))
+        assert got == want, f"{name}: {pkl_name}"
+        assert tuple(conv.weight.shape) == ref["params"]["weight"].shape
+    assert [b.residual for b in model.blocks] == [b["residual"] is not None for b in config["blocks"]]
+    assert [b.pointwise1 is None for b in model.blocks] == [b["pointwise1"] is None for b in config["blocks"]]
+    assert model.feature_mix is None and config["feature_mix"] is None
+    assert model.classifier.in_features == config["classifier"]["in_channel"]
