@@ -101,6 +101,13 @@ class BackwardAnalysis:
         return sum(self.storages[k].nbytes for k in self.saved)
 
 
+def saved_copy_key(call_index: int, ref_index: int) -> int:
+    """Storage key of a tensor autograd allocates for one call's backward (a clone before an in-place op,
+    a buffer only the probe saw): the ``ref_index``-th saved reference of call ``call_index``. Negative,
+    so it never collides with a recorded storage."""
+    return -(call_index * 64 + ref_index + 1)
+
+
 def forward_calls(graph: LayerGraph) -> list[CallRecord]:
     """Every ATen call of the forward pass in execution order."""
     records: list[CallRecord] = []
@@ -201,7 +208,7 @@ def analyze_backward(graph: LayerGraph, update: UpdateSet) -> BackwardAnalysis:
                 # autograd allocated a tensor of its own (a clone before an in-place op, or a buffer
                 # only the probe saw): a new storage that lives until this call's backward.
                 meta = ref.tensor_meta(call.inputs, call.outputs)
-                key = -(rec.index * 64 + n + 1)
+                key = saved_copy_key(rec.index, n)
                 storages[key] = Storage(key, "activation", meta.nbytes, meta.numel,
                                         meta.dtype.is_floating_point, rec.index, rec.layer, "saved copy")
                 kept.append(key)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from budgetplan.cost_models.backward_flops import backward_flops
@@ -171,6 +171,32 @@ def decision_groups(graph: LayerGraph) -> tuple[list[Group], dict[str, str], dic
             groups.append(Group(var, name, start, stop, (stop - start) * per_row, False))
             implications.append(Implication(f"group_needs_any_{var}", var, any_name))
     return groups, any_var, trained_var, implications
+
+
+def groups_by_parameter(groups: Iterable[Group]) -> dict[str, list[Group]]:
+    """The decision groups of each parameter, in row order (the bounds price a parameter's trained rows)."""
+    by_param: dict[str, list[Group]] = defaultdict(list)
+    for g in groups:
+        by_param[g.parameter].append(g)
+    return dict(by_param)
+
+
+def trained_bytes(groups: Sequence[Group], bytes_per_element: float) -> ExprBuilder:
+    """Bytes of a parameter's trained rows (a weight copy, its gradient, an optimizer buffer):
+    ``bytes_per_element`` times the elements of each trained group of ``groups`` (one parameter's)."""
+    e = ExprBuilder()
+    for g in groups:
+        e.add(g.var, g.elements * bytes_per_element)
+    return e
+
+
+def binary_order(groups: Sequence[Group], *derived: Iterable[str]) -> list[str]:
+    """The model's binaries: the group variables in graph order, then each family of derived variables
+    (``a``, ``r``, ``k``, ...) in the order given, each variable once."""
+    names = [g.var for g in groups]
+    for family in derived:
+        names.extend(dict.fromkeys(family))
+    return names
 
 
 def backward_flops_expr(graph: LayerGraph, calls: list[AtenCall], atom: Callable[[int], str | None],

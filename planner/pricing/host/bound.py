@@ -6,18 +6,18 @@ Units: bytes, FLOPs.
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 from budgetplan.errors import InputError
 from budgetplan.model.graph import LayerGraph
 from budgetplan.pricing.linear import (
     ExprBuilder,
-    Group,
     Implication,
     LinearCostModel,
     LinearExpr,
     backward_flops_expr,
+    binary_order,
     decision_groups,
+    groups_by_parameter,
+    trained_bytes,
 )
 from budgetplan.targets import Target
 
@@ -30,10 +30,17 @@ def linear_cost_host(graph: LayerGraph, target: Target, *, optimizer: str = "sgd
     saved tensor kept until the backward of the earliest call that may keep it, each activation gradient
     alive from its writer's backward to its last consumer's, every backward's workspace charged while it
     may run, Adam's step temporaries charged as twice the largest parameter."""
-    from budgetplan.pricing.gradient_flow import analyze_backward
+    from budgetplan.pricing.gradient_flow import analyze_backward, saved_copy_key
     from budgetplan.cost_models.saved import NO_GRAD_OPS, outputs_differentiable, probe_saved, saved_refs
     from budgetplan.cost_models.workspace import backward_workspace
-    from budgetplan.pricing.host.exact import ADAM_STEP_BYTES, LOSS_BYTES, OPTIMIZERS, SEED_BYTES, forward_last_use
+    from budgetplan.pricing.host.exact import (
+        LOSS_BYTES,
+        OPTIMIZERS,
+        SEED_BYTES,
+        forward_last_use,
+        optimizer_state_rule,
+        optimizer_step_workspace,
+    )
     from budgetplan.model.update_set import UpdateSet
 
     if optimizer not in OPTIMIZERS:
@@ -41,9 +48,7 @@ def linear_cost_host(graph: LayerGraph, target: Target, *, optimizer: str = "sgd
     full = analyze_backward(graph, UpdateSet({n: None for n in graph.parameters}))
     storages, calls = full.storages, full.calls
     groups, any_var, trained_var, implications = decision_groups(graph)
-    by_param: dict[str, list[Group]] = defaultdict(list)
-    for g in groups:
-        by_param[g.parameter].append(g)
+    by_param = groups_by_parameter(groups)
     r_names: dict[int, str] = {}
 
     def atom(key: int) -> str | None:
@@ -58,12 +63,6 @@ def linear_cost_host(graph: LayerGraph, target: Target, *, optimizer: str = "sgd
         if key not in r_names:
             r_names[key] = f"r{len(r_names)}"
         return r_names[key]
-
-    def trained_bytes(param: str, bytes_per_element: float) -> ExprBuilder:
-        e = ExprBuilder()
-        for g in by_param.get(param, ()):
-            e.add(g.var, g.elements * bytes_per_element)
-        return e
 
     # Gradient flow and what each call may keep.
     recorded = {cb.index: cb for cb in full.backward}
@@ -92,7 +91,7 @@ def linear_cost_host(graph: LayerGraph, target: Target, *, optimizer: str = "sgd
             if not conds:
                 continue
             if ref.copy or ref.kind == "extra":
-                key = -(rec.index * 64 + n + 1)
+                key = saved_copy_key(rec.index, n)
             else:
                 key = (call.input_keys if ref.kind == "input" else call.output_keys)[ref.index]
             if storages.get(key) is None or storages[key].kind != "activation":
@@ -166,7 +165,7 @@ def linear_cost_host(graph: LayerGraph, target: Target, *, optimizer: str = "sgd
         for name, last in param_last_use.items():
             if i <= last:
                 itemsize = graph.parameters[name].itemsize
-                own = trained_bytes(name, itemsize)
+                own = trained_bytes(by_param.get(name, ()), itemsize)
                 extra = full.grad_storage_bytes.get(name, 0) - graph.parameters[name].numel * itemsize
                 e.add_expr(own)
                 if extra > 0 and name in trained_var:
@@ -179,25 +178,21 @@ def linear_cost_host(graph: LayerGraph, target: Target, *, optimizer: str = "sgd
     # The step: gradients, optimizer state and Adam's temporaries.
     step = ExprBuilder()
     step.add(None, LOSS_BYTES)
+    copies, per_tensor = optimizer_state_rule(optimizer)
     for name in param_last_use:
         itemsize = graph.parameters[name].itemsize
-        step.add_expr(trained_bytes(name, itemsize))
+        step.add_expr(trained_bytes(by_param.get(name, ()), (1 + copies) * itemsize))  # gradient + state
         extra = full.grad_storage_bytes.get(name, 0) - graph.parameters[name].numel * itemsize
         if extra > 0 and name in trained_var:
             step.add(trained_var[name], extra)
-        if optimizer == "sgd-momentum":
-            step.add_expr(trained_bytes(name, itemsize))
-        elif optimizer == "adam":
-            step.add_expr(trained_bytes(name, 2 * itemsize))
-            if name in trained_var:
-                step.add(trained_var[name], ADAM_STEP_BYTES)
-    if optimizer == "adam" and param_last_use:
-        step.add(None, 2 * max(graph.parameters[n].nbytes for n in param_last_use))
+        if per_tensor and name in trained_var:
+            step.add(trained_var[name], per_tensor)
+    # the step's temporaries, charged as if every parameter that may be trained were
+    step.add(None, optimizer_step_workspace(optimizer, {n: graph.parameters[n].nbytes for n in param_last_use}))
     points.append(("step:optimizer step", step.freeze()))
 
     flops = backward_flops_expr(graph, [rec.call for rec in calls], atom, by_param)
-    binaries = [g.var for g in groups] + sorted(set(any_var.values())) + sorted(r_names.values()) + \
-        sorted(kept_var.values()) + sorted(set(runs_var.values()))
+    binaries = binary_order(groups, any_var.values(), r_names.values(), kept_var.values(), runs_var.values())
     return LinearCostModel(
         groups=groups, any_var=any_var, trained_var=trained_var, binaries=binaries,
         implications=implications, persistent=persistent.freeze(), points=points,

@@ -31,6 +31,12 @@ SEED_BYTES = 4  # backward's seed gradient (ones_like(loss)), alive during backw
 ADAM_STEP_BYTES = 4  # torch.optim.Adam keeps a float32 0-d 'step' tensor per parameter
 
 
+def optimizer_state_rule(optimizer: str) -> tuple[int, int]:
+    """PyTorch's optimizer state as ``(copies of the gradient, bytes per trained parameter tensor)``:
+    SGD none, momentum one buffer per gradient, Adam two buffers and a 4-byte step counter per tensor."""
+    return {"sgd": (0, 0), "sgd-momentum": (1, 0), "adam": (2, ADAM_STEP_BYTES)}[optimizer]
+
+
 @dataclass
 class MemoryBreakdown:
     """Bytes by kind."""
@@ -120,12 +126,8 @@ def forward_last_use(graph: LayerGraph, ba: BackwardAnalysis) -> dict[int, int]:
 def optimizer_state_bytes(optimizer: str, grad_bytes_by_param: dict[str, int]) -> int:
     """Optimizer state in bytes for PyTorch's optimizers: SGD none, momentum one buffer per gradient,
     Adam two buffers plus a 4-byte step counter per parameter."""
-    total = sum(grad_bytes_by_param.values())
-    if optimizer == "sgd":
-        return 0
-    if optimizer == "sgd-momentum":
-        return total
-    return 2 * total + ADAM_STEP_BYTES * len(grad_bytes_by_param)
+    copies, per_tensor = optimizer_state_rule(optimizer)
+    return copies * sum(grad_bytes_by_param.values()) + per_tensor * len(grad_bytes_by_param)
 
 
 def optimizer_step_workspace(optimizer: str, param_bytes: dict[str, int]) -> int:
