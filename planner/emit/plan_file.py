@@ -9,13 +9,15 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import budgetplan
 from budgetplan.errors import InputError
 from budgetplan.model.graph import LayerGraph
-from budgetplan.selection.planner import PlanResult
 from budgetplan.targets import Target
+
+if TYPE_CHECKING:  # annotations only: reading a plan file needs neither the planner nor PuLP
+    from budgetplan.selection.planner import PlanResult
 
 PLAN_FORMAT = "budgetplan-plan"
 PLAN_VERSION = 1
