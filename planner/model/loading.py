@@ -739,6 +739,11 @@ def _load_torch_save(
     path: str, given: tuple[int, ...] | None, trust_pickle: bool, globals_: list[str]
 ) -> LoadedModel:
     """A ``torch.save`` file: ``weights_only`` first; a full unpickle only with ``trust_pickle``."""
+    from budgetplan.model import tiny_training
+
+    if tiny_training.is_tiny_training_pickle(globals_):  # numpy arrays only: tiny-training's MCU models
+        module, recorded = tiny_training.load_module(path)  # weights_only=True + a numpy-only allowlist
+        return _finish(module, kind="tiny-training", source=path, shape=given or recorded)
     try:
         with _quiet():
             obj = torch.load(path, map_location="cpu", weights_only=True)

@@ -618,9 +618,14 @@ def from_sparse_update_config(obj_or_path: Any, model: nn.Module) -> UpdateSet:
     * ``weight_select_criteria`` and ``quantize_gradient`` are accepted and ignored; ``train_scale`` and
       ``enable_backward_config`` must not be set to 1 / 0 respectively.
 
-    ``obj_or_path`` is a dict (optionally ``{"backward_config": {...}}``) or a path to a JSON (or, with
-    PyYAML installed, YAML) file.
+    ``obj_or_path`` is a dict (optionally ``{"backward_config": {...}}``), a path to a JSON (or, with
+    PyYAML installed, YAML) file, or a shipped tiny-training scheme ``tt:<model>/<label>`` such as
+    ``tt:mbv2-w0.35/49kb`` (:func:`budgetplan.model.tiny_training.list_schemes`).
     """
+    if isinstance(obj_or_path, str) and obj_or_path.strip().lower().startswith("tt:"):
+        from budgetplan.model.tiny_training import scheme_path  # a shipped tiny-training scheme
+
+        obj_or_path = scheme_path(obj_or_path)
     cfg = _load_json(obj_or_path, "sparse-update config")
     if isinstance(cfg, Mapping) and isinstance(cfg.get("backward_config"), Mapping):
         cfg = cfg["backward_config"]
