@@ -15,10 +15,13 @@ the execution order, available as a ``networkx.DiGraph``), the representation ev
 
 from __future__ import annotations
 
+import itertools
 import math
 import operator
 import re
+import sys
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -185,6 +188,8 @@ class _AtenRecorder(RecordingMode):
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
+        if getattr(func, "namespace", "") == "prim":  # metadata queries (prim.device under fake tensors)
+            return out
         flat_in = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
         flat_out = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
         meta_args = to_meta(args)
@@ -231,28 +236,45 @@ def _op_kind(node: fx.Node, module: nn.Module | None) -> tuple[str, bool]:
     return name.rstrip("_") if inplace else name, inplace
 
 
+class NodeFailure(Exception):
+    """A node of the traced graph failed while it was recorded (carries the node and the cause)."""
+
+    def __init__(self, node: fx.Node, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.node = node
+        self.cause = cause
+
+
 class GraphRecorder(fx.Interpreter):
-    """Runs a GraphModule once and records, per node, ATen calls, output metadata and storage use."""
+    """Runs a GraphModule once and records, per node, ATen calls, output metadata and storage use.
+
+    A failing node raises :class:`NodeFailure`, which names it."""
 
     def __init__(self, gm: fx.GraphModule) -> None:
         super().__init__(gm, garbage_collect_values=False)
         self.records: dict[str, dict[str, Any]] = {}
-        self.keep_alive: list[Any] = []  # keeps every value alive so storage addresses stay unique
+        self.keep_alive: list[Any] = []  # keeps every value alive so storage identities stay unique
         self.param_by_storage: dict[int, str] = {}
         self.buffer_by_storage: dict[int, str] = {}
+        self.values = "real"  # "fake": the run computed shapes only (FakeTensorMode)
         for name, p in gm.named_parameters():
             self.param_by_storage.setdefault(storage_key(p), name)
         for name, b in gm.named_buffers():
             self.buffer_by_storage.setdefault(storage_key(b), name)
 
     def run_node(self, n: fx.Node) -> Any:
-        if n.op in ("call_module", "call_function", "call_method"):
-            recorder = _AtenRecorder(self.keep_alive)
-            with recorder:
+        try:
+            if n.op in ("call_module", "call_function", "call_method"):
+                recorder = _AtenRecorder(self.keep_alive)
+                with recorder:
+                    result = super().run_node(n)
+                self.records[n.name] = {"aten": recorder.calls}
+            else:
                 result = super().run_node(n)
-            self.records[n.name] = {"aten": recorder.calls}
-        else:
-            result = super().run_node(n)
+        except NodeFailure:
+            raise
+        except Exception as exc:  # noqa: BLE001 - re-raised with the node that failed
+            raise NodeFailure(n, exc) from exc
         self.keep_alive.append(result)
         return result
 
@@ -286,162 +308,251 @@ def _clean_module_path(path: str) -> str:
     return path
 
 
+#: how :func:`build_layer_graph` runs the graph: ``fake`` (shapes only, FakeTensorMode: no memory for
+#: values, no arithmetic), ``real`` (the example inputs' values), ``auto`` (fake when it pays, see
+#: :func:`_fake_pays`; real when a node needs values: data-dependent shapes, ``.item()``, an op without
+#: a fake kernel)
+RECORD_VALUES = ("auto", "fake", "real")
+#: parameters and buffers from which a fake recording pays even when its machinery must be imported
+FAKE_FROM_BYTES = 32 << 20
+
+
+def _fake_pays(traced: TracedModel) -> bool:
+    """Fake tensors cost imports on first use (~1.4 s: torch._dynamo, sympy) and a little per op; a real
+    run costs the arithmetic and keeps every activation alive. Fake wins when torch.export traced the
+    model (those modules are loaded already) or the model is large."""
+    if traced.method == "export" or "torch._dynamo" in sys.modules:
+        return True
+    gm = traced.graph_module
+    size = sum(t.numel() * t.element_size() for t in itertools.chain(gm.parameters(), gm.buffers()))
+    return size >= FAKE_FROM_BYTES
+
+
 def build_layer_graph(
     traced: TracedModel,
     example_inputs: tuple[torch.Tensor, ...],
     *,
     group_size: int = 1,
+    values: str = "auto",
 ) -> LayerGraph:
     """Run the traced graph once and build its :class:`LayerGraph`.
 
     ``group_size`` is the number of consecutive output channels that form one neuron group (1 = every
-    output channel is a neuron, as in the seed paper). Buffers (BatchNorm running statistics) are
-    restored after the run, so the model is left as it was.
+    output channel is a neuron, as in the seed paper). ``values`` (:data:`RECORD_VALUES`): the graph is
+    recorded on fake tensors (shapes, dtypes and storage identities only) unless a node needs values.
+    The model is left as it was (parameters, buffers). A node that fails raises :class:`TraceError`
+    naming the fx node and its module.
     """
     if group_size < 1:
         raise TraceError(f"group size must be a positive integer, got {group_size}")
-    # an input that is a view of a larger tensor (x[:1] of a dataset) would be priced with the whole
-    # storage it shares: record on a compact copy, which is what the model receives on the device
-    example_inputs = tuple(
+    if values not in RECORD_VALUES:
+        raise TraceError(f"unknown recording mode {values!r}; use one of: {', '.join(RECORD_VALUES)}")
+    inputs = _compact_inputs(example_inputs)
+    gm = traced.graph_module
+    if values == "fake" or (values == "auto" and _fake_pays(traced)):
+        try:
+            with _fake_recording(gm, inputs) as recorder:  # the assembly reads the fake parameters too
+                return _assemble(traced, recorder, group_size)
+        except NodeFailure as failure:
+            if values == "fake":
+                raise _trace_error(failure) from None
+    try:
+        recorder = _record_real(gm, inputs)
+    except NodeFailure as failure:
+        raise _trace_error(failure) from None
+    return _assemble(traced, recorder, group_size)
+
+
+def _compact_inputs(example_inputs: tuple[Any, ...]) -> tuple[Any, ...]:
+    """An input that is a view of a larger tensor (``x[:1]`` of a data set) would be priced with the whole
+    storage it shares: record on a compact copy, which is what the model receives on the device."""
+    return tuple(
         t.clone(memory_format=torch.contiguous_format)
         if isinstance(t, torch.Tensor) and t.untyped_storage().nbytes() > t.numel() * t.element_size() else t
         for t in example_inputs
     )
-    gm = traced.graph_module
+
+
+def _trace_error(failure: NodeFailure) -> TraceError:
+    node, exc = failure.node, failure.cause
+    path, _ = _module_of(node)
+    where = f"node '{node.name}'" + (f" in module '{path}'" if path else "") + f" ({node.op} {node.target})"
+    return TraceError(f"running the traced graph failed at {where}: {type(exc).__name__}: {first_line(exc)}")
+
+
+def _record_real(gm: fx.GraphModule, inputs: tuple[Any, ...]) -> GraphRecorder:
+    """Record on the example inputs' values; buffers (BatchNorm statistics) are restored afterwards."""
     saved_buffers = {name: b.detach().clone() for name, b in gm.named_buffers()}
     recorder = GraphRecorder(gm)
     try:
         with torch.no_grad(), planning_compute():
-            recorder.run(*example_inputs)
-    except Exception as exc:  # a model that traced but cannot run on its example input
-        first = first_line(exc)
-        raise TraceError(f"running the traced graph failed: {type(exc).__name__}: {first}") from None
+            recorder.run(*inputs)
     finally:
         with torch.no_grad():
             for name, b in gm.named_buffers():
                 if name in saved_buffers:
                     b.copy_(saved_buffers[name])
+    return recorder
 
-    modules = dict(gm.named_modules())
-    env = recorder.env
-    params = {name: TensorMeta.of(p) for name, p in gm.named_parameters()}
-    buffers = {name: TensorMeta.of(b) for name, b in gm.named_buffers()}
-    param_keys = recorder.param_by_storage
-    buffer_keys = recorder.buffer_by_storage
 
-    inputs: dict[str, TensorMeta] = {}
-    storage_owner: dict[int, str] = {}  # storage key -> producing layer name or input:<name>
-    storages: dict[int, StorageInfo] = {}
-    last_use: dict[int, int] = {}
-    nodes: dict[str, dict[str, Any]] = {}
-    order: list[str] = []
-    output_storages: list[int] = []
+@contextmanager
+def _fake_recording(gm: fx.GraphModule, inputs: tuple[Any, ...]) -> Iterator[GraphRecorder]:
+    """Record with every parameter, buffer and input replaced by a fake tensor of the same shape, dtype
+    and device (tied parameters and views keep sharing one storage): the same ATen ops as a real run on
+    CPU, without their memory or arithmetic. The module's own tensors are put back afterwards."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.nn.utils.stateless import _reparametrize_module
 
-    included = _compute_nodes(gm, env, modules, buffer_keys)
-    names = _layer_names(included)
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    real = dict(gm.named_parameters(remove_duplicate=False))
+    real.update(gm.named_buffers(remove_duplicate=False))
+    fakes = {name: mode.from_tensor(t, static_shapes=True) for name, t in real.items()}
+    fake_inputs = tuple(mode.from_tensor(t, static_shapes=True) if isinstance(t, torch.Tensor) else t
+                        for t in inputs)
+    with _reparametrize_module(gm, fakes), torch.no_grad():
+        recorder = GraphRecorder(gm)
+        recorder.values = "fake"
+        with mode:
+            recorder.run(*fake_inputs)
+        yield recorder
 
-    for node in gm.graph.nodes:
-        if node.op == "placeholder":
-            value = env.get(node)
-            if isinstance(value, torch.Tensor):
-                inputs[node.name] = TensorMeta.of(value)
-                nodes[f"input:{node.name}"] = {"layer": None, "input": inputs[node.name]}
-                key = storage_key(value)
-                if key not in storage_owner and key not in param_keys and key not in buffer_keys:
-                    nbytes = value.untyped_storage().nbytes()
-                    storages[key] = StorageInfo(
-                        key=key, producer=f"input:{node.name}", nbytes=nbytes,
-                        numel=nbytes // max(value.element_size(), 1), floating=value.is_floating_point(),
-                        is_input=True,
-                    )
-                    storage_owner[key] = f"input:{node.name}"
-            continue
-        if node.op == "output":
-            for t in _tensors(env.get(node)):
-                key = storage_key(t)
-                if key in storages:
-                    output_storages.append(key)
-            continue
-        if node not in names:
-            continue
 
-        module = modules.get(str(node.target)) if node.op == "call_module" else None
-        op, inplace = included[node]["op"], included[node]["inplace"]
-        module_path, module_type = included[node]["module"], included[node]["module_type"]
-        name = names[node]
+@dataclass
+class _Assembly:
+    """The state of turning one recording into a :class:`LayerGraph`, node by node."""
 
-        in_tensors = [t for a in _input_nodes(node) for t in _tensors(env.get(a))]
-        out_tensors = _tensors(env.get(node))
-        in_keys = [storage_key(t) for t in in_tensors]
+    env: dict[fx.Node, Any]
+    param_keys: dict[int, str]
+    buffer_keys: dict[int, str]
+    inputs: dict[str, TensorMeta] = field(default_factory=dict)
+    storage_owner: dict[int, str] = field(default_factory=dict)  # storage key -> producing layer or input
+    storages: dict[int, StorageInfo] = field(default_factory=dict)
+    last_use: dict[int, int] = field(default_factory=dict)
+    nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    order: list[str] = field(default_factory=list)
+    output_storages: list[int] = field(default_factory=list)
 
-        # Parameters and buffers read: by storage identity, so functional calls, get_attr chains and
-        # modules called twice all resolve to the same qualified names.
-        node_params: list[str] = []
-        node_buffers: list[str] = []
+    def known(self, key: int | None) -> bool:
+        return key in self.storage_owner or key in self.param_keys or key in self.buffer_keys
+
+    def placeholder(self, node: fx.Node) -> None:
+        value = self.env.get(node)
+        if not isinstance(value, torch.Tensor):
+            return
+        self.inputs[node.name] = TensorMeta.of(value)
+        self.nodes[f"input:{node.name}"] = {"layer": None, "input": self.inputs[node.name]}
+        key = storage_key(value)
+        if not self.known(key):
+            nbytes = value.untyped_storage().nbytes()
+            self.storages[key] = StorageInfo(
+                key=key, producer=f"input:{node.name}", nbytes=nbytes,
+                numel=nbytes // max(value.element_size(), 1), floating=value.is_floating_point(), is_input=True,
+            )
+            self.storage_owner[key] = f"input:{node.name}"
+
+    def output(self, node: fx.Node) -> None:
+        for t in _tensors(self.env.get(node)):
+            key = storage_key(t)
+            if key in self.storages:
+                self.output_storages.append(key)
+
+    def reads(self, module: nn.Module | None, in_keys: list[int], out_keys: list[int]) -> tuple[list[str], list[str]]:
+        """Parameters and buffers a node reads, by storage identity, so functional calls, get_attr chains
+        and modules called twice all resolve to the same qualified names."""
+        params: list[str] = []
+        buffers: list[str] = []
         if module is not None:
             for p in module.parameters():
-                pname = param_keys.get(storage_key(p))
-                if pname and pname not in node_params:
-                    node_params.append(pname)
+                name = self.param_keys.get(storage_key(p))
+                if name and name not in params:
+                    params.append(name)
             for b in module.buffers():
-                bname = buffer_keys.get(storage_key(b))
-                if bname and bname not in node_buffers:
-                    node_buffers.append(bname)
-        out_keys = [storage_key(t) for t in out_tensors]
-        is_param_view = bool(out_keys) and all(k in param_keys or k in buffer_keys for k in out_keys)
+                name = self.buffer_keys.get(storage_key(b))
+                if name and name not in buffers:
+                    buffers.append(name)
+        is_param_view = bool(out_keys) and all(k in self.param_keys or k in self.buffer_keys for k in out_keys)
         if not is_param_view:
             for key in in_keys:
-                if key in param_keys and param_keys[key] not in node_params:
-                    node_params.append(param_keys[key])
-                if key in buffer_keys and buffer_keys[key] not in node_buffers:
-                    node_buffers.append(buffer_keys[key])
+                if key in self.param_keys and self.param_keys[key] not in params:
+                    params.append(self.param_keys[key])
+                if key in self.buffer_keys and self.buffer_keys[key] not in buffers:
+                    buffers.append(self.buffer_keys[key])
+        return params, buffers
 
-        new_keys: list[int] = []
-        new_bytes: list[int] = []
+    def new_storages(self, name: str, out_tensors: list[torch.Tensor]) -> tuple[list[int], list[int]]:
+        """Storages a node's outputs allocate (not views or in-place results): keys and bytes."""
+        keys: list[int] = []
+        sizes: list[int] = []
         for t in out_tensors:
             key = storage_key(t)
-            if key in storage_owner or key in param_keys or key in buffer_keys or key in new_keys:
+            if self.known(key) or key in keys:
                 continue
             nbytes = t.untyped_storage().nbytes()
-            storages[key] = StorageInfo(
-                key=key, producer=name, nbytes=nbytes, numel=nbytes // max(t.element_size(), 1),
-                floating=t.is_floating_point(),
-            )
-            storage_owner[key] = name
-            new_keys.append(key)
-            new_bytes.append(nbytes)
+            self.storages[key] = StorageInfo(key=key, producer=name, nbytes=nbytes,
+                                             numel=nbytes // max(t.element_size(), 1), floating=t.is_floating_point())
+            self.storage_owner[key] = name
+            keys.append(key)
+            sizes.append(nbytes)
+        return keys, sizes
 
-        index = len(order)
-        for key in in_keys + out_keys:
-            if key in storages:
-                last_use[key] = index
 
-        producers: list[str] = []  # data dependencies as in the fx graph
-        for arg in _input_nodes(node):
-            producer = names.get(arg) or (f"input:{arg.name}" if arg.op == "placeholder" else None)
-            if producer and producer not in producers:
-                producers.append(producer)
-
-        calls = tuple(recorder.records.get(node.name, {}).get("aten", ()))
-        flops = sum(c.flops for c in calls)
-        layer = Layer(
-            name=name, fx_name=node.name, module=module_path, module_type=module_type, op=op,
-            target=str(node.target), parameters=tuple(node_params), buffers=tuple(node_buffers),
-            inputs=tuple(producers), input_shapes=tuple(tuple(t.shape) for t in in_tensors),
-            output_shapes=tuple(tuple(t.shape) for t in out_tensors),
-            output_dtypes=tuple(str(t.dtype).removeprefix("torch.") for t in out_tensors),
-            new_storages=tuple(new_keys), output_storages=tuple(out_keys), inplace=inplace,
-            aten=calls, flops=flops, macs=flops // 2, new_storage_bytes=tuple(new_bytes),
-        )
-        _assign_neuron_groups(layer, params, group_size)
-        nodes[name] = {"layer": layer}
-        order.append(name)
-
+def _assemble(traced: TracedModel, recorder: GraphRecorder, group_size: int) -> LayerGraph:
+    """The :class:`LayerGraph` of one recording: inputs, one layer per compute node, outputs."""
+    gm = traced.graph_module
+    modules = dict(gm.named_modules())
+    params = {name: TensorMeta.of(p) for name, p in gm.named_parameters()}
+    buffers = {name: TensorMeta.of(b) for name, b in gm.named_buffers()}
+    state = _Assembly(recorder.env, recorder.param_by_storage, recorder.buffer_by_storage)
+    included = _compute_nodes(gm, state.env, modules, state.buffer_keys)
+    names = _layer_names(included)
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            state.placeholder(node)
+        elif node.op == "output":
+            state.output(node)
+        elif node in names:
+            layer = _layer(state, node, names, included[node], modules, recorder)
+            _assign_neuron_groups(layer, params, group_size)
+            state.nodes[layer.name] = {"layer": layer}
+            state.order.append(layer.name)
     return LayerGraph(
-        nodes=nodes, order=order, parameters=params, buffers=buffers, inputs=inputs, storages=storages,
-        storage_last_use=last_use, output_storages=tuple(output_storages), trace_method=traced.method,
-        fallback_reason=traced.fallback_reason, group_size=group_size, graph_module=gm,
-        parameter_storages=dict(param_keys), buffer_storages=dict(buffer_keys),
+        nodes=state.nodes, order=state.order, parameters=params, buffers=buffers, inputs=state.inputs,
+        storages=state.storages, storage_last_use=state.last_use, output_storages=tuple(state.output_storages),
+        trace_method=traced.method, fallback_reason=traced.fallback_reason, group_size=group_size,
+        graph_module=gm, parameter_storages=dict(state.param_keys), buffer_storages=dict(state.buffer_keys),
+    )
+
+
+def _layer(state: _Assembly, node: fx.Node, names: dict[fx.Node, str], info: dict[str, Any],
+           modules: dict[str, nn.Module], recorder: GraphRecorder) -> Layer:
+    """One compute node as a :class:`Layer` (updates the storages, last uses and producers seen so far)."""
+    module = modules.get(str(node.target)) if node.op == "call_module" else None
+    name = names[node]
+    in_tensors = [t for a in _input_nodes(node) for t in _tensors(state.env.get(a))]
+    out_tensors = _tensors(state.env.get(node))
+    in_keys = [storage_key(t) for t in in_tensors]
+    out_keys = [storage_key(t) for t in out_tensors]
+    node_params, node_buffers = state.reads(module, in_keys, out_keys)
+    new_keys, new_bytes = state.new_storages(name, out_tensors)
+    index = len(state.order)
+    for key in in_keys + out_keys:
+        if key in state.storages:
+            state.last_use[key] = index
+    producers: list[str] = []  # data dependencies as in the fx graph
+    for arg in _input_nodes(node):
+        producer = names.get(arg) or (f"input:{arg.name}" if arg.op == "placeholder" else None)
+        if producer and producer not in producers:
+            producers.append(producer)
+    calls = tuple(recorder.records.get(node.name, {}).get("aten", ()))
+    flops = sum(c.flops for c in calls)
+    return Layer(
+        name=name, fx_name=node.name, module=info["module"], module_type=info["module_type"], op=info["op"],
+        target=str(node.target), parameters=tuple(node_params), buffers=tuple(node_buffers),
+        inputs=tuple(producers), input_shapes=tuple(tuple(t.shape) for t in in_tensors),
+        output_shapes=tuple(tuple(t.shape) for t in out_tensors),
+        output_dtypes=tuple(str(t.dtype).removeprefix("torch.") for t in out_tensors),
+        new_storages=tuple(new_keys), output_storages=tuple(out_keys), inplace=info["inplace"],
+        aten=calls, flops=flops, macs=flops // 2, new_storage_bytes=tuple(new_bytes),
     )
 
 

@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from torch import nn
 
 from budgetplan.errors import InputError
@@ -120,33 +121,40 @@ def update_from_values(model: LinearCostModel, values: Mapping[str, int], graph:
 
 
 class _Fill:
-    """Incremental evaluation of the linear bound while groups are switched on one by one."""
+    """Incremental evaluation of the linear bound while groups are switched on one by one.
+
+    The points' values are a numpy vector; switching a variable on adds each of its column's entries to
+    the points of its chain it reaches (:meth:`LinearCostModel.columns`)."""
 
     def __init__(self, model: LinearCostModel, budget: float, max_backward_flops: float | None) -> None:
         self.model = model
         self.budget = budget
         self.max_flops = max_backward_flops
-        self.point_values = [expr.constant for _, expr in model.points]
-        self.held = model.persistent.constant
-        self.flops = model.backward_flops.constant
-        self.contrib: dict[str, list[tuple[int, float]]] = defaultdict(list)
-        for i, (_, expr) in enumerate(model.points):
-            for v, c in expr.terms.items():
-                self.contrib[v].append((i, c))
-        self.implied: dict[str, list[str]] = defaultdict(list)
-        for imp in model.implications:
-            self.implied[imp.lhs].append(imp.rhs)
+        n = len(model.binaries)
+        self.point_values = model.rows.values(np.zeros(n))
+        self.held = model.persistent_row.constant
+        self.flops = model.flops_row.constant
+        self.held_coef = np.zeros(n)
+        np.add.at(self.held_coef, model.persistent_row.cols, model.persistent_row.coefs)
+        self.flops_coef = np.zeros(n)
+        np.add.at(self.flops_coef, model.flops_row.cols, model.flops_row.coefs)
+        ptr, start, end, coef = model.columns()
+        self.ptr, self.start, self.end, self.coef = ptr.tolist(), start.tolist(), end.tolist(), coef.tolist()
+        self.index = model.index
+        self.implied = model.implied()
         self.on: set[str] = set()
 
     def _switch(self, variables: list[str], sign: int) -> None:
+        values = self.point_values
         for v in variables:
-            for i, c in self.contrib.get(v, ()):
-                self.point_values[i] += sign * c
-            self.held += sign * self.model.persistent.terms.get(v, 0.0)
-            self.flops += sign * self.model.backward_flops.terms.get(v, 0.0)
+            j = self.index[v]
+            for k in range(self.ptr[j], self.ptr[j + 1]):
+                values[self.start[k]:self.end[k]] += sign * self.coef[k]
+            self.held += sign * self.held_coef[j]
+            self.flops += sign * self.flops_coef[j]
 
     def fits(self) -> bool:
-        peak_ok = self.held + max(self.point_values, default=0.0) <= self.budget
+        peak_ok = self.peak() <= self.budget
         return peak_ok and (self.max_flops is None or self.flops <= self.max_flops)
 
     def _closure(self, var: str) -> list[str]:
@@ -164,7 +172,7 @@ class _Fill:
         return new
 
     def peak(self) -> float:
-        return self.held + max(self.point_values, default=0.0)
+        return self.held + float(self.point_values.max(initial=0.0))
 
     def peak_with(self, var: str) -> float:
         """The bound on the peak if ``var`` were switched on (nothing changes)."""
@@ -375,8 +383,7 @@ class Planner:
                 notes.append(f"nothing can be trained within {budget_bytes} bytes; the cheapest single group "
                              f"({group.parameter} rows {group.start}:{group.stop}) needs {int(smallest)} bytes")
         est = self.price(update)
-        assignment = model.assignment(update, graph)
-        bound = max((v for _, v in model.evaluate(assignment)), default=0.0)
+        bound = model.peak(model.assignment(update, graph))
         selected = sum(1 for g in model.groups if values.get(g.var))
         objective = sum(score[g.var] for g in model.groups if values.get(g.var))
         if est.peak_bytes > budget_bytes and not update.is_empty:
@@ -429,22 +436,102 @@ class _Counted:
 
 
 def _interchangeable(model: LinearCostModel) -> dict[str, list[str]]:
-    """Per grouped parameter, the group variables whose coefficients are identical everywhere."""
-    signature: dict[str, list[tuple[int, float]]] = defaultdict(list)
-    exprs = [model.persistent, model.backward_flops] + [expr for _, expr in model.points]
-    for i, expr in enumerate(exprs):
-        for v, c in expr.terms.items():
-            signature[v].append((i, c))
-    implied: dict[str, list[str]] = defaultdict(list)
-    for imp in model.implications:
-        implied[imp.lhs].append(imp.rhs)
+    """Per grouped parameter, the group variables whose coefficients are identical everywhere (in every
+    point's delta, the persistent bytes and the backward FLOPs) and that imply the same variables."""
+    ptr, rows, _, coefs = model.columns()
+    held = np.zeros(len(model.binaries))
+    np.add.at(held, model.persistent_row.cols, model.persistent_row.coefs)
+    flops = np.zeros(len(model.binaries))
+    np.add.at(flops, model.flops_row.cols, model.flops_row.coefs)
+    implied = model.implied()
     classes: dict[tuple, list[str]] = defaultdict(list)
     for g in model.groups:
         if g.whole:
             continue
-        key = (g.parameter, tuple(signature.get(g.var, ())), tuple(sorted(implied.get(g.var, ()))))
+        j = model.index[g.var]
+        lo, hi = int(ptr[j]), int(ptr[j + 1])
+        key = (g.parameter, rows[lo:hi].tobytes(), coefs[lo:hi].tobytes(), float(held[j]), float(flops[j]),
+               tuple(sorted(implied.get(g.var, ()))))
         classes[key].append(g.var)
     return {f"{key[0]}|{n}": members for n, (key, members) in enumerate(classes.items()) if len(members) > 1}
+
+
+#: Above this many non-zeros, the points' constraints are sent as the chain of deltas (a continuous
+#: ``live_i`` per point, ``live_i >= live_{i-1} + delta_i``), else each point's whole expression.
+MATERIALIZE_NONZEROS = 200_000
+
+
+def _point_constraints(model: LinearCostModel, name_of: list[str], keep: np.ndarray, budget: float
+                       ) -> tuple[list[Constraint], list[str]]:
+    """The budget constraints of every point over the ILP's variables (``name_of[j]`` for the model's
+    variable ``j``; entries of variables with ``keep[j]`` false are dropped: a counted class's other
+    members), and the continuous variables they add."""
+    r = model.rows
+    indptr, cols, coefs = r.indptr.tolist(), r.cols.tolist(), r.coefs.tolist()
+    keep_list = keep.tolist()
+    deltas: list[dict[str, float]] = []
+    for i in range(len(r)):
+        terms: dict[str, float] = {}
+        for k in range(indptr[i], indptr[i + 1]):
+            j = cols[k]
+            if keep_list[j]:
+                name = name_of[j]
+                terms[name] = terms.get(name, 0.0) + coefs[k]
+        deltas.append(terms)
+    whole: list[LinearExpr] = []
+    total = 0
+    running: dict[str, float] = {}
+    constant = 0.0
+    for i, terms in enumerate(deltas):  # each point's whole expression, unless that is too large
+        if r.restart[i]:
+            running, constant = {}, 0.0
+        for v, c in terms.items():
+            running[v] = running.get(v, 0.0) + c
+        constant += float(r.constants[i])
+        expr = {v: c for v, c in running.items() if c}
+        total += len(expr)
+        if total > MATERIALIZE_NONZEROS:
+            break
+        whole.append(LinearExpr({**expr, _PERSISTENT: 1.0}, constant))
+    if len(whole) == len(deltas):
+        return [Constraint(f"live_bytes_{i:04d}_{label}", expr, float(budget), "bytes")
+                for i, (label, expr) in enumerate(zip(r.labels, whole))], []
+    constraints: list[Constraint] = []
+    live: list[str] = []
+    for i, (label, terms) in enumerate(zip(r.labels, deltas)):
+        var = f"live_{i:05d}"
+        before = {_PERSISTENT: 1.0} if r.restart[i] else {live[-1]: 1.0}
+        constraints.append(Constraint(f"live_bytes_{i:05d}_{label}_definition",
+                                      LinearExpr({**terms, **before, var: -1.0}, float(r.constants[i])), 0.0,
+                                      "bytes"))
+        constraints.append(Constraint(f"live_bytes_{i:05d}_{label}", LinearExpr({var: 1.0}), float(budget),
+                                      "bytes"))
+        live.append(var)
+    return constraints, live
+
+
+def _score_constraints(n: int, count_var: str, scores: list[float], setup: str | None) -> list[Constraint]:
+    """The concave objective of a counted class with distinct scores (best first): ``z`` (the class's
+    score, a continuous variable ``n{n}_score``) is at most the sum of the best ``count`` scores, as the
+    tangent lines of that piecewise-linear function, in perspective form with the class's set-up
+    variable ``a`` (``count <= m·a``): ``z <= S_j·a + s_{j+1}·(count − j·a)``. With ``a = 1`` these are
+    the tangents (exact at every integer count); with a fractional ``a`` they bound ``z`` by
+    ``a·S(count / a)``, the convex hull of "nothing trained" and "a count trained", which keeps the LP
+    relaxation from buying a fraction of a layer's set-up with its best channel's score. One tangent
+    per distinct score."""
+    gain = f"n{n}_score"
+    out: list[Constraint] = []
+    prefix = 0.0
+    for j, s_next in enumerate(scores):
+        if j == 0 or s_next != scores[j - 1]:
+            terms = {gain: 1.0, count_var: -s_next}
+            if setup is not None:
+                terms[setup] = s_next * j - prefix
+                out.append(Constraint(f"count_{n}_score_{j}", LinearExpr(terms), 0.0, "score"))
+            else:
+                out.append(Constraint(f"count_{n}_score_{j}", LinearExpr(terms), prefix - s_next * j, "score"))
+        prefix += s_next
+    return out
 
 
 def _solve_ilp(model: LinearCostModel, score: dict[str, float], budget: int, flop_cap: float | None,
@@ -459,6 +546,7 @@ def _solve_ilp(model: LinearCostModel, score: dict[str, float], budget: int, flo
     value per variable of ``model`` (a previous plan's assignment) to start the solver from; a counted
     class starts at the number of its members that are on."""
     position = {g.var: i for i, g in enumerate(model.groups)}
+    parameter_of = {g.var: g.parameter for g in model.groups}
     counted: list[_Counted] = []
     replace: dict[str, str] = {}  # group var -> the integer count of its class
     extra_constraints: list[Constraint] = []
@@ -466,54 +554,46 @@ def _solve_ilp(model: LinearCostModel, score: dict[str, float], budget: int, flo
     objective: dict[str, float] = {}
     if classes is None:
         classes = _interchangeable(model)
+    name_of = list(model.binaries)
+    keep = np.ones(len(name_of), dtype=bool)
+    implied = model.implied()
     for n, (name, members) in enumerate(sorted(classes.items())):
         members = sorted(members, key=lambda v: (-score.get(v, 0.0), position[v]))  # ties: channel order
         count_var = f"n{n}"
         counted.append(_Counted(name, members, count_var))
-        for v in members:
+        for k, v in enumerate(members):
             replace[v] = count_var
+            name_of[model.index[v]] = count_var
+            keep[model.index[v]] = k == 0
         scores = [score.get(v, 0.0) for v in members]
         if len(set(scores)) == 1:
             objective[count_var] = scores[0]
         else:  # concave: the sum of the best n scores, bounded by its tangent lines
-            gain = f"n{n}_score"
-            extra_continuous.append(gain)
-            objective[gain] = 1.0
-            prefix = 0.0
-            for j, s_next in enumerate(scores):
-                terms = {gain: 1.0, count_var: -s_next}
-                extra_constraints.append(Constraint(f"count_{n}_score_{j}", LinearExpr(terms),
-                                                    prefix - s_next * j, "score"))
-                prefix += s_next
+            extra_continuous.append(f"n{n}_score")
+            objective[f"n{n}_score"] = 1.0
+            setup = model.any_var.get(parameter_of[members[0]])
+            if setup not in implied.get(members[0], ()):
+                setup = None  # no set-up variable that a trained member forces on: plain tangents
+            extra_constraints += _score_constraints(n, count_var, scores, setup)
     for v, sc in score.items():
         if v not in replace and sc:
             objective[v] = objective.get(v, 0.0) + sc
 
-    def rewrite(expr: LinearExpr, extra: Mapping[str, float] | None = None) -> LinearExpr:
+    def rewrite(row: Any, extra: Mapping[str, float] | None = None) -> LinearExpr:
         terms: dict[str, float] = defaultdict(float)
-        seen: set[str] = set()
-        for v, c in expr.terms.items():
-            if v in replace:
-                # an expression holds every member of a class with one coefficient (or none of them):
-                # c * count, counted once per class
-                count_var = replace[v]
-                if count_var in seen:
-                    continue
-                seen.add(count_var)
-                terms[count_var] += c
-            else:
-                terms[v] += c
+        for j, c in zip(row.cols.tolist(), row.coefs.tolist()):
+            if keep[j]:  # a class's members share one coefficient: c * count, counted once per class
+                terms[name_of[j]] += c
         for v, c in (extra or {}).items():
             terms[v] += c
-        return LinearExpr(dict(terms), expr.constant)
+        return LinearExpr(dict(terms), row.constant)
 
-    constraints = [Constraint("held_bytes_definition", rewrite(model.persistent, {_PERSISTENT: -1.0}), 0.0,
+    constraints = [Constraint("held_bytes_definition", rewrite(model.persistent_row, {_PERSISTENT: -1.0}), 0.0,
                               "bytes")]
-    for i, (label, expr) in enumerate(model.points):
-        constraints.append(Constraint(f"live_bytes_{i:04d}_{label}", rewrite(expr, {_PERSISTENT: 1.0}),
-                                      float(budget), "bytes"))
+    point_constraints, live_vars = _point_constraints(model, name_of, keep, budget)
+    constraints += point_constraints
     if flop_cap is not None:
-        constraints.append(Constraint("backward_flops", rewrite(model.backward_flops), float(flop_cap), "FLOPs"))
+        constraints.append(Constraint("backward_flops", rewrite(model.flops_row), float(flop_cap), "FLOPs"))
     constraints += extra_constraints
     implications: list[Implication] = []
     class_of = {v: c for c in counted for v in c.members}
@@ -529,7 +609,8 @@ def _solve_ilp(model: LinearCostModel, score: dict[str, float], budget: int, flo
             implications.append(imp)
     binaries = [v for v in model.binaries if v not in replace]
     problem = SelectionProblem(binaries=binaries, objective=LinearExpr(objective), constraints=constraints,
-                               implications=implications, continuous=[_PERSISTENT, *extra_continuous],
+                               implications=implications,
+                               continuous=[_PERSISTENT, *extra_continuous, *live_vars],
                                integers={c.count: len(c.members) for c in counted})
     start_values: dict[str, int] | None = None
     if warm is not None:
@@ -547,7 +628,8 @@ def _solve_ilp(model: LinearCostModel, score: dict[str, float], budget: int, flo
             values[v] = 1
     info = {"name": result.solver, "status": result.status, "objective": result.objective, "gap": result.gap,
             "seconds": round(time.perf_counter() - started, 3), "message": result.message,
-            "variables": len(binaries) + len(counted), "group_variables": len(model.groups), "constraints": len(constraints)}
+            "variables": len(binaries) + len(counted), "group_variables": len(model.groups),
+            "constraints": len(constraints)}
     return values, info
 
 

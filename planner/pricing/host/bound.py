@@ -6,13 +6,15 @@ Units: bytes, FLOPs.
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
+
 from budgetplan.errors import InputError
 from budgetplan.model.graph import LayerGraph
 from budgetplan.pricing.linear import (
     ExprBuilder,
     Implication,
     LinearCostModel,
-    LinearExpr,
+    PointRows,
     backward_flops_expr,
     binary_order,
     decision_groups,
@@ -113,27 +115,33 @@ def linear_cost_host(graph: LayerGraph, target: Target, *, optimizer: str = "sgd
     constant = sum(s.nbytes for s in storages.values() if s.kind in ("parameter", "buffer", "input"))
     persistent = ExprBuilder()
     persistent.add(None, constant)
-    points: list[tuple[str, LinearExpr]] = []
+    rows = PointRows()
+
+    # Forward: one point after each layer's last call. A storage is a constant from the first point at or
+    # after its producer to its last forward use; from then on it stays only when kept (its k variable).
     layer_end = {rec.layer: rec.index for rec in calls}
-    ends = {index: layer for layer, index in layer_end.items()}
-    for rec in calls:
-        if rec.index not in ends:
+    ends = sorted(layer_end.values())
+    label_of = {index: layer for layer, index in layer_end.items()}
+    for i in ends:
+        rows.add(f"forward:{label_of[i]}")
+    n_forward = len(ends)
+    for key, s in storages.items():
+        if s.kind != "activation":
             continue
-        i = rec.index
-        e = ExprBuilder()
-        for key, s in storages.items():
-            if s.kind != "activation":
-                continue
-            if key < 0:  # a saved copy: exists only when kept
-                if s.producer <= i and key in kept_var:
-                    e.add(kept_var[key], s.nbytes)
-                continue
-            start, stop = s.producer, last_use.get(key, s.producer)
-            if start <= i <= stop:
-                e.add(None, s.nbytes)
-            elif start <= i and key in kept_var:
-                e.add(kept_var[key], s.nbytes)
-        points.append((f"forward:{ends[i]}", e.freeze()))
+        first = bisect_left(ends, s.producer)
+        if first >= n_forward:
+            continue
+        if key < 0:  # a saved copy: exists only when kept
+            if key in kept_var:
+                rows.at(first).add(kept_var[key], s.nbytes)
+            continue
+        gone = bisect_right(ends, last_use.get(key, s.producer))
+        if gone > first:
+            rows.at(first).add(None, s.nbytes)
+            if gone < n_forward:
+                rows.at(gone).add(None, -s.nbytes)
+        if key in kept_var and max(gone, first) < n_forward:
+            rows.at(max(gone, first)).add(kept_var[key], s.nbytes)
 
     # Activation gradients by (storage, version): from the writer's backward to the last consumer's.
     grad_span: dict[tuple[int, int], list[int]] = {}
@@ -152,28 +160,50 @@ def linear_cost_host(graph: LayerGraph, target: Target, *, optimizer: str = "sgd
             span = grad_span.setdefault(version, [cb.input_versions[i], cb.index])
             span[1] = max(span[1], cb.index)
             grad_size[version] = max(grad_size.get(version, 0), call.inputs[i].nbytes)
-    for cb in reversed(full.backward):
-        i = cb.index
-        e = ExprBuilder()
-        for key, var in kept_var.items():
-            if earliest_saver[key] <= i:
-                e.add(var, storages[key].nbytes)
-        for (key, version), (start, stop) in grad_span.items():
-            var = atom(key)
-            if var is not None and start <= i <= stop:
-                e.add(var, grad_size[(key, version)])
-        for name, last in param_last_use.items():
-            if i <= last:
-                itemsize = graph.parameters[name].itemsize
-                own = trained_bytes(by_param.get(name, ()), itemsize)
-                extra = full.grad_storage_bytes.get(name, 0) - graph.parameters[name].numel * itemsize
-                e.add_expr(own)
-                if extra > 0 and name in trained_var:
-                    e.add(trained_var[name], extra)
-        if i in storages_ws:
-            e.add(runs_var[i], storages_ws[i])
-        e.add(None, LOSS_BYTES + SEED_BYTES)
-        points.append((f"backward:{cb.layer}", e.freeze()))
+
+    # Backward: one point per call that runs backward, in reverse order. Call indices decrease along
+    # the rows; ``upto(t)`` is the first row whose call index is <= t, ``below(t)`` the first < t.
+    backward = list(reversed(full.backward))
+    negated = [-cb.index for cb in backward]
+    n_backward = len(backward)
+
+    def upto(t: int) -> int:
+        return bisect_left(negated, -t)
+
+    def below(t: int) -> int:
+        return bisect_right(negated, -t)
+
+    def span(var: str | None, nbytes: float, first: int, stop: int) -> None:
+        """``nbytes`` (when ``var``) live from backward row ``first`` to the row before ``stop``."""
+        if first >= min(stop, n_backward):
+            return
+        rows.at(base + first).add(var, nbytes)
+        if stop < n_backward:
+            rows.at(base + stop).add(var, -nbytes)
+
+    base = len(rows)
+    for row, cb in enumerate(backward):
+        rows.add(f"backward:{cb.layer}", restart=row == 0)
+    if n_backward:
+        rows.at(base).add(None, LOSS_BYTES + SEED_BYTES)
+    for key, var in kept_var.items():  # kept until the backward of the earliest call that may keep it
+        span(var, storages[key].nbytes, 0, below(earliest_saver[key]))
+    for (key, version), (start, stop) in grad_span.items():
+        var = atom(key)
+        if var is not None:
+            span(var, grad_size[(key, version)], upto(stop), below(start))
+    for name, last in param_last_use.items():  # a parameter's gradient: from its backward to the end
+        first = upto(last)
+        if first >= n_backward:
+            continue
+        itemsize = graph.parameters[name].itemsize
+        rows.at(base + first).add_expr(trained_bytes(by_param.get(name, ()), itemsize))
+        extra = full.grad_storage_bytes.get(name, 0) - graph.parameters[name].numel * itemsize
+        if extra > 0 and name in trained_var:
+            rows.at(base + first).add(trained_var[name], extra)
+    for row, cb in enumerate(backward):  # a backward's workspace, while it runs
+        if cb.index in storages_ws:
+            span(runs_var[cb.index], storages_ws[cb.index], row, row + 1)
 
     # The step: gradients, optimizer state and Adam's temporaries.
     step = ExprBuilder()
@@ -189,12 +219,12 @@ def linear_cost_host(graph: LayerGraph, target: Target, *, optimizer: str = "sgd
             step.add(trained_var[name], per_tensor)
     # the step's temporaries, charged as if every parameter that may be trained were
     step.add(None, optimizer_step_workspace(optimizer, {n: graph.parameters[n].nbytes for n in param_last_use}))
-    points.append(("step:optimizer step", step.freeze()))
+    rows.add_full("step:optimizer step", step)
 
     flops = backward_flops_expr(graph, [rec.call for rec in calls], atom, by_param)
     binaries = binary_order(groups, any_var.values(), r_names.values(), kept_var.values(), runs_var.values())
     return LinearCostModel(
         groups=groups, any_var=any_var, trained_var=trained_var, binaries=binaries,
-        implications=implications, persistent=persistent.freeze(), points=points,
+        implications=implications, persistent=persistent.freeze(), rows=rows,
         backward_flops=flops.freeze(), forward_flops=sum(rec.call.flops for rec in calls),
     )
