@@ -23,6 +23,15 @@ would make the per-sample cosine a sign; its neuron's vector is instead its outp
 validation samples (normalised once), so ``φ`` is one cosine over the batch. A zero output vector has no
 direction: the similarity of two zero vectors is 1 (unchanged), of a zero and a non-zero vector 0.
 
+Several processes (``torch.distributed`` initialised, world size > 1): every rank measures the same
+validation batch on the same weights, and the per-neuron ``φ`` of all layers is averaged across the ranks
+by one all-reduce per measurement (``8 · neurons`` bytes of float64), so ``Δφ`` and ``v`` are identical
+on every rank to the last bit even where kernels round differently (docs/distributed.md).
+
+:meth:`VelocityTracker.state_dict` / :meth:`VelocityTracker.load_state_dict` save and restore the whole
+history (previous outputs, ``φ``, ``Δφ``, ``v``), so a resumed run measures the next velocity as the
+uninterrupted run would.
+
 Memory: the previous outputs of every hooked layer on the validation batch (float32), plus ``φ`` and
 ``v`` per neuron (float64). :attr:`VelocityTracker.stored_bytes` reports it; above ``max_bytes`` the
 tracker raises (``on_excess="error"``) or keeps a fixed, seeded random subset of each layer's positions
@@ -31,6 +40,8 @@ tracker raises (``on_excess="error"``) or keeps a fixed, seeded random subset of
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -44,7 +55,10 @@ from budgetplan.errors import InputError
 from budgetplan.model.graph import LayerGraph
 from budgetplan.model.graph import parameter_groups
 
-__all__ = ["SIGNS", "TrackedLayer", "VelocityMeasurement", "VelocityTracker"]
+__all__ = ["SIGNS", "TrackedLayer", "VelocityMeasurement", "VelocityTracker", "collective_device",
+           "distributed_group"]
+
+_log = logging.getLogger(__name__)
 
 #: ``paper``: ``v_t = Δφ_t − μ·v_{t−1}`` (NEq, eq. in §3); ``reference``: ``v_t = Δφ_t + μ·v_{t−1}`` (NEq's code).
 SIGNS: tuple[str, ...] = ("paper", "reference")
@@ -83,6 +97,7 @@ class VelocityMeasurement:
     stored_bytes: int  # bytes kept until the next measurement
     ready: bool  # a velocity exists after this measurement
     subsampled: bool  # positions were subsampled to respect max_bytes
+    reduced_bytes: int = 0  # payload of the φ all-reduce across ranks (0 in one process)
 
 
 @dataclass
@@ -117,6 +132,35 @@ def _as_batch(val_inputs: Any, max_samples: int) -> tuple[torch.Tensor, ...]:
     if n == 0:
         raise InputError("the validation set is empty: give at least one sample")
     return tuple(t[:max_samples].detach() for t in inputs)
+
+
+def distributed_group(process_group: Any = None, distributed: bool | None = None) -> tuple[Any, int, int] | None:
+    """``(group, rank, world size)`` when this process is one of several in a ``torch.distributed`` group,
+    else ``None``. ``distributed``: ``None`` = when ``torch.distributed`` is initialised with more than one
+    process; ``False`` = never; ``True`` = required (an :class:`InputError` when not initialised)."""
+    import torch.distributed as dist
+
+    if distributed is False:
+        return None
+    if not (dist.is_available() and dist.is_initialized()):
+        if distributed:
+            raise InputError("distributed=True but torch.distributed is not initialised "
+                             "(call torch.distributed.init_process_group first)")
+        return None
+    world = dist.get_world_size(process_group)
+    if world < 2 and not distributed:
+        return None
+    return process_group, dist.get_rank(process_group), world
+
+
+def collective_device(process_group: Any = None) -> torch.device:
+    """Where tensors of a collective on ``process_group`` must live: the current CUDA device for NCCL,
+    the CPU otherwise (gloo, mpi)."""
+    import torch.distributed as dist
+
+    if dist.get_backend(process_group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def _root(model_or_compiled: Any) -> nn.Module:
@@ -183,6 +227,11 @@ class VelocityTracker:
         on_excess: ``"error"`` (raise :class:`InputError` when the outputs exceed ``max_bytes``) or
             ``"subsample"`` (keep a seeded random subset of each layer's positions, the same every epoch).
         seed: seed of that subset.
+        distributed: ``None`` (default): average ``φ`` across the ranks of ``process_group`` when
+            ``torch.distributed`` is initialised with several processes; ``False``: never; ``True``: required.
+            Every rank must call :meth:`measure` at the same point (it is a collective from the second
+            measurement on).
+        process_group: the group to reduce over (``None``: the default group).
 
     Raises:
         InputError: an empty validation set, an unknown layer, a layer that is not conv/linear, bad
@@ -202,6 +251,8 @@ class VelocityTracker:
         max_bytes: int = DEFAULT_MAX_BYTES,
         on_excess: str = "error",
         seed: int = 0,
+        distributed: bool | None = None,
+        process_group: Any = None,
     ) -> None:
         if not (isinstance(momentum, (int, float)) and math.isfinite(momentum) and momentum >= 0):
             raise InputError(f"momentum must be a finite number >= 0, got {momentum!r}")
@@ -225,6 +276,8 @@ class VelocityTracker:
         self.measurements = 0
         self.subsampled = False
         self.history: list[VelocityMeasurement] = []
+        self.distributed = distributed
+        self.process_group = process_group
 
     # -- set-up ------------------------------------------------------------------------------------
     def _resolve_layers(self, root: nn.Module, layers: Sequence[str] | None,
@@ -402,6 +455,7 @@ class VelocityTracker:
             return hook
 
         self._run(model, {path: record(path) for path in current})
+        phis: dict[str, torch.Tensor] = {}
         for layer in self.layers:
             state = self._state[layer.module]
             calls = current[layer.module]
@@ -417,7 +471,13 @@ class VelocityTracker:
                     dot = (y * prev).sum(dim=2).double()
                     both = zero & prev_zero
                     sims.append(torch.where(both, torch.ones_like(dot), dot))
-                phi = torch.cat(sims, dim=0).mean(dim=0)  # mean over samples (and calls)
+                phis[layer.module] = torch.cat(sims, dim=0).mean(dim=0)  # mean over samples (and calls)
+        reduced = self._reduce(phis)
+        for layer in self.layers:
+            state = self._state[layer.module]
+            calls = current[layer.module]
+            if layer.module in phis:
+                phi = phis[layer.module]
                 if state.phi is not None:
                     delta = phi - state.phi
                     previous_v = state.velocity if state.velocity is not None else torch.zeros_like(delta)
@@ -429,11 +489,71 @@ class VelocityTracker:
             state.previous_zero = [z for _, z in calls]
         report = VelocityMeasurement(self.measurements, time.perf_counter() - started, self.samples,
                                      len(self.layers), sum(layer.channels for layer in self.layers),
-                                     self.stored_bytes, False, self.subsampled)
+                                     self.stored_bytes, False, self.subsampled, reduced)
         self.measurements += 1
         report.ready = self.ready
         self.history.append(report)
+        _log.debug("velocity measurement %d: %d layers, %d neurons, %.3f s, %d bytes kept, %d bytes reduced",
+                   report.index, report.layers, report.neurons, report.seconds, report.stored_bytes, reduced)
         return report
+
+    def _reduce(self, phis: dict[str, torch.Tensor]) -> int:
+        """Average ``φ`` of every layer across the ranks (one all-reduce of all layers at once), in place
+        in ``phis``; returns the payload bytes (0 in one process or before the first ``φ``)."""
+        group = distributed_group(self.process_group, self.distributed)
+        if group is None or not phis:
+            return 0
+        import torch.distributed as dist
+
+        process_group, _, world = group
+        names = list(phis)
+        flat = torch.cat([phis[n] for n in names]).to(collective_device(process_group))
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=process_group)
+        flat = (flat / world).cpu()
+        offset = 0
+        for n in names:
+            size = phis[n].numel()
+            phis[n] = flat[offset:offset + size].clone()
+            offset += size
+        return flat.numel() * flat.element_size()
+
+    # -- saving and restoring ----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a later measurement depends on (tensors, numbers, strings, lists: loadable with
+        ``torch.load(weights_only=True)``)."""
+        layers = {}
+        for layer in self.layers:
+            st = self._state[layer.module]
+            layers[layer.module] = {"keep": st.keep, "previous": list(st.previous),
+                                    "previous_zero": list(st.previous_zero), "phi": st.phi,
+                                    "velocity": st.velocity, "delta": st.delta}
+        return {"measurements": self.measurements, "subsampled": self.subsampled, "samples": self.samples,
+                "momentum": self.momentum, "sign": self.sign,
+                "weights": [layer.weight for layer in self.layers], "layers": layers,
+                "history": [dataclasses.asdict(h) for h in self.history]}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`; the tracked layers, sample count, momentum and sign must match."""
+        try:
+            ours = [layer.weight for layer in self.layers]
+            if list(state["weights"]) != ours:
+                raise InputError("the saved velocity state tracks other layers than this model's "
+                                 f"({len(state['weights'])} saved, {len(ours)} here)")
+            for key, value in (("samples", self.samples), ("momentum", self.momentum), ("sign", self.sign)):
+                if state[key] != value:
+                    raise InputError(f"the saved velocity state has {key}={state[key]!r}, this tracker {value!r}")
+            restored = {}
+            for layer in self.layers:
+                saved = state["layers"][layer.module]
+                restored[layer.module] = _LayerState(saved["keep"], list(saved["previous"]),
+                                                     list(saved["previous_zero"]), saved["phi"],
+                                                     saved["velocity"], saved["delta"])
+            history = [VelocityMeasurement(**h) for h in state["history"]]
+            measurements, subsampled = int(state["measurements"]), bool(state["subsampled"])
+        except (KeyError, TypeError) as exc:
+            raise InputError(f"malformed velocity state ({type(exc).__name__}: {exc})") from None
+        self._state, self.history = restored, history
+        self.measurements, self.subsampled = measurements, subsampled
 
     # -- results -----------------------------------------------------------------------------------
     def _per_neuron(self, attr: str) -> dict[str, torch.Tensor] | None:

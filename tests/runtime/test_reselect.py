@@ -282,3 +282,124 @@ def test_top_level_names_resolve_lazily() -> None:
             "assert VelocityTracker is v.VelocityTracker and Planner is p.Planner; "
             "assert sorted(budgetplan.__all__) == sorted(set(budgetplan.__all__))")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_score_callable_gets_your_model_with_its_own_names(planner: Planner) -> None:
+    """The callable as docs/reselection.md writes it: parameter names as in model.named_parameters()."""
+    x, y = _data()
+    model = _model()
+    names = [n for n, _ in model.named_parameters()]
+    seen: list[nn.Module] = []
+
+    def weight_norm(model: nn.Module) -> dict[str, list[float]]:  # docs/reselection.md, "Your own scores"
+        seen.append(model)
+        return {f"{name}.weight": m.weight.detach().flatten(1).norm(dim=1).tolist()
+                for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+
+    sel = Reselector(planner, x[:10], scores=weight_norm)
+    compiled = sel.compile(model)
+    for _ in range(2):
+        _train_epoch(compiled, x, y)
+        compiled = sel.step(compiled)
+    assert seen and all(m is model for m in seen)  # the user's module itself, not the compiled wrapper
+    assert [n for n, _ in seen[0].named_parameters()] == names
+    assert [log.source for log in sel.log[1:]] == ["user", "user"] and all(log.fits for log in sel.log)
+    assert sel.log[-1].solver_status in ("optimal", "feasible")
+    # the scores decided: the objective is their sum over the selected groups (raw units)
+    scores = weight_norm(model)
+    chosen = sum(v for name, values in scores.items() for i, v in enumerate(values)
+                 if sel.plan.update.channels(name) is None and sel.plan.update.is_updated(name)
+                 or i in (sel.plan.update.channels(name) or ()))
+    weights_share = sel.log[-1].objective
+    assert weights_share == pytest.approx(chosen, rel=1e-6)
+
+
+def test_state_dict_resumes_the_same_plans(planner: Planner, tmp_path) -> None:
+    x, y = _data()
+    sel = Reselector(planner, x[:10], scores="velocity")
+    model = sel.compile(_model())
+    for _ in range(3):
+        _train_epoch(model, x, y)
+        model = sel.step(model)
+    torch.save({"sel": sel.state_dict(), "model": model.state_dict()}, tmp_path / "ckpt.pt")
+    saved = torch.load(tmp_path / "ckpt.pt", weights_only=True)  # plain data: no pickle needed
+    fresh = _model()
+    fresh.load_state_dict(saved["model"])
+    again = Reselector(planner, x[:10], scores="velocity")
+    resumed = again.compile(fresh)
+    again.load_state_dict(saved["sel"], resumed)
+    assert resumed.update == model.update and again.epoch == sel.epoch == 3
+    assert again.log == sel.log
+    for _ in range(2):
+        _train_epoch(model, x, y)
+        model = sel.step(model)
+        _train_epoch(resumed, x, y)
+        resumed = again.step(resumed)
+        assert resumed.update == model.update
+        assert again.log[-1].objective == sel.log[-1].objective and again.log[-1].source == "velocity"
+    state_a, state_b = model.state_dict(), resumed.state_dict()
+    assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+    other = Reselector(planner_for(_model(), x[:1], target=planner.target, ram=planner.budget_bytes + 4096),
+                       x[:10])
+    with pytest.raises(InputError, match="another model or budget"):
+        other.load_state_dict(saved["sel"], other.compile(_model()))
+
+
+@pytest.fixture
+def one_process_group():
+    import datetime
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1,
+                            timeout=datetime.timedelta(seconds=60))
+    try:
+        yield dist
+    finally:
+        dist.destroy_process_group()
+
+
+def test_the_distributed_path_on_one_rank(planner: Planner, one_process_group) -> None:
+    """distributed=True on a group of one: the plan goes through the broadcast (encoded, decoded,
+    re-priced) and the velocities through the all-reduce; the decisions are those of the local path."""
+    x, y = _data()
+    runs = []
+    for distributed in (True, False):
+        sel = Reselector(planner, x[:10], distributed=distributed, time_limit=20.0)
+        model = sel.compile(_model())
+        for _ in range(3):
+            _train_epoch(model, x, y)
+            model = sel.step(model)
+        runs.append((sel, model))
+    (shared, model_a), (local, model_b) = runs
+    assert [log.groups_changed for log in shared.log] == [log.groups_changed for log in local.log]
+    assert model_a.update == model_b.update and shared.plan.update == local.plan.update
+    assert all(log.collective_bytes > 0 for log in shared.log) and all(log.collective_bytes == 0 for log in local.log)
+    assert shared.tracker.history[-1].reduced_bytes == 8 * sum(layer.channels for layer in shared.tracker.layers)
+    assert shared.plan.estimate.peak_bytes == local.plan.estimate.peak_bytes
+    # a plan that is not made of whole groups travels as its update set
+    odd = UpdateSet({"fc.weight": (0, 2)})
+    assert shared._decode(shared._encode(dataclasses_replace(shared.plan, odd))).update == odd
+
+
+def dataclasses_replace(plan, update):
+    import dataclasses
+
+    return dataclasses.replace(plan, update=update, estimate=plan.planner.price(update))
+
+
+def test_a_solve_longer_than_the_timeout_allows_is_refused(planner: Planner) -> None:
+    import datetime
+
+    import torch.distributed as dist
+
+    x, _ = _data()
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1,
+                            timeout=datetime.timedelta(seconds=30))
+    try:
+        with pytest.raises(InputError, match="half the process group's timeout"):
+            Reselector(planner, x[:10], distributed=True, time_limit=20.0)
+        sel = Reselector(planner, x[:10], distributed=True, time_limit=10.0)
+        assert sel.world_size == 1 and sel.rank == 0
+    finally:
+        dist.destroy_process_group()

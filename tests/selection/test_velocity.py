@@ -249,3 +249,30 @@ def test_bad_input() -> None:
         VelocityTracker(nn.ReLU(), torch.zeros(1, 3))
     with pytest.raises(InputError, match="tensor"):
         VelocityTracker(conv, [[1, 2]])
+
+
+def test_state_dict_continues_the_hand_computed_history() -> None:
+    """Saved after measurement 2 and loaded into a fresh tracker on another conv object, the history
+    gives the hand-computed φ, Δφ and v of measurements 3 and 4."""
+    _, reference = _run("paper")
+    conv = _pointwise(EPOCHS[0])
+    tracker = VelocityTracker(conv, ONE_SAMPLE, momentum=0.5)
+    for rows in EPOCHS[:3]:
+        _set_rows(conv, rows)
+        tracker.measure()
+    saved = tracker.state_dict()
+    other = _pointwise(EPOCHS[2])
+    fresh = VelocityTracker(other, ONE_SAMPLE, momentum=0.5)
+    fresh.load_state_dict(saved)
+    assert fresh.measurements == 3 and [h.index for h in fresh.history] == [0, 1, 2]
+    for index, rows in enumerate(EPOCHS[3:], start=3):
+        _set_rows(other, rows)
+        report = fresh.measure()
+        assert report.index == index and report.reduced_bytes == 0  # one process: nothing reduced
+        expected = reference[index]
+        assert torch.allclose(fresh.phi["weight"], expected[1]["weight"])
+        assert torch.allclose(fresh.velocity["weight"], expected[3]["weight"])
+    with pytest.raises(InputError, match="momentum"):
+        VelocityTracker(_pointwise(EPOCHS[0]), ONE_SAMPLE, momentum=0.9).load_state_dict(saved)
+    with pytest.raises(InputError, match="other layers"):
+        VelocityTracker(_pointwise([[1, 0]] * 3), ONE_SAMPLE).load_state_dict({**saved, "weights": ["x.weight"]})
