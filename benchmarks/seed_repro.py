@@ -608,22 +608,57 @@ def _init_worker() -> None:
     torch.set_num_threads(_SHARED["threads"])
 
 
-def _map(fn: Any, items: list, jobs: int) -> list:
-    """``fn`` over ``items``, in ``jobs`` forked processes (they inherit ``_SHARED``), in order."""
-    if jobs <= 1 or len(items) <= 1:
-        return [fn(item) for item in items]
-    import multiprocessing
+def _map(fn: Any, items: list, jobs: int, progress: Any, description: str, total: int) -> list:
+    """``fn`` over ``items``, in ``jobs`` forked processes (they inherit ``_SHARED``), in order. The runs
+    report through :func:`_report`: their lines are printed here (above the rich progress bar, which
+    counts ``total`` of them) as they finish, whichever process ran them."""
+    task = progress.add_task(description, total=total)
 
-    with multiprocessing.get_context("fork").Pool(min(jobs, len(items)), initializer=_init_worker) as pool:
-        return pool.map(fn, items, chunksize=1)
+    def say(line: str) -> None:
+        progress.console.print(line, markup=False, highlight=False, soft_wrap=True)
+        progress.advance(task)
+
+    if jobs <= 1 or len(items) <= 1:
+        _SHARED["say"] = say
+        try:
+            return [fn(item) for item in items]
+        finally:
+            _SHARED.pop("say", None)
+    import multiprocessing
+    import queue as queues
+
+    context = multiprocessing.get_context("fork")
+    _SHARED["queue"] = lines = context.Queue()
+    try:
+        with context.Pool(min(jobs, len(items)), initializer=_init_worker) as pool:
+            result = pool.map_async(fn, items, chunksize=1)
+            while True:
+                try:
+                    say(lines.get(timeout=0.2))
+                except queues.Empty:
+                    if result.ready():
+                        break
+            return result.get()
+    finally:
+        _SHARED.pop("queue", None)
+
+
+def _say(line: str) -> None:
+    """A progress line of a worker (or of this process), printed by the parent (:func:`_map`)."""
+    if "queue" in _SHARED:
+        _SHARED["queue"].put(line)
+    elif "say" in _SHARED:
+        _SHARED["say"](line)
+    else:
+        print(line)
 
 
 def _report(run: RunResult) -> None:
     where = f"{run.target} {_kib(run.budget_bytes)}" if run.target else "-"
     bad = [e["epoch"] for e in run.epochs if e["peak_bytes"] is not None and not e["fits"]]
-    print(f"  seed {run.seed} {run.strategy:16s} {where:22s} acc {100 * run.accuracy:5.1f} %  "
-          f"{run.seconds:5.1f} s" + (f"  OVER BUDGET in epochs {bad}" if bad else "")
-          + f"  [{time.perf_counter() - _SHARED['started']:.0f} s]")
+    _say(f"  seed {run.seed} {run.strategy:16s} {where:22s} acc {100 * run.accuracy:5.1f} %  "
+         f"{run.seconds:5.1f} s" + (f"  OVER BUDGET in epochs {bad}" if bad else "")
+         + f"  [{time.perf_counter() - _SHARED['started']:.0f} s]")
 
 
 def _pretrain_job(seed: int) -> tuple[int, dict[str, torch.Tensor], str]:
@@ -633,9 +668,11 @@ def _pretrain_job(seed: int) -> tuple[int, dict[str, torch.Tensor], str]:
     state = pretrain(seed, tasks, cfg)
     probe = tiny_mobilenet(seed)
     probe.load_state_dict(state)
-    return seed, state, (f"seed {seed}: pre-trained in {time.perf_counter() - t0:.0f} s; source train accuracy "
+    message = (f"seed {seed}: pre-trained in {time.perf_counter() - t0:.0f} s; source train accuracy "
                          f"{100 * accuracy(probe, tasks.source_x, tasks.source_y):.1f} %; target: "
                          f"{len(tasks.train_x)} train, {len(tasks.val_x)} held-out, {len(tasks.test_x)} test images")
+    _say(message)
+    return seed, state, message
 
 
 def _grid_job(job: tuple[int, str]) -> list[RunResult]:
@@ -741,13 +778,22 @@ def main(argv: list[str] | None = None) -> int:
                    started=started, threads=args.threads)
     seeds = list(range(cfg.seeds))
     states: dict[int, dict[str, torch.Tensor]] = {}
-    for seed, state, message in _map(_pretrain_job, seeds, args.jobs):
-        states[seed] = state
-        print(message)
-    _SHARED["states"] = states
-    # one job per seed and part (the unbudgeted references; each target's grid): balanced over workers
-    jobs = [(seed, part) for seed in seeds for part in ["references", *(c.name for c in contexts)]]
-    runs = [run for chunk in _map(_grid_job, jobs, args.jobs) for run in chunk]
+    # a rich progress bar on a terminal (run lines print above it); plain lines otherwise
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console(highlight=False)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
+        for seed, state, _ in _map(_pretrain_job, seeds, args.jobs, progress, "pre-training", len(seeds)):
+            states[seed] = state
+        _SHARED["states"] = states
+        # one job per seed and part (the unbudgeted references; each target's grid): balanced over workers
+        jobs = [(seed, part) for seed in seeds for part in ["references", *(c.name for c in contexts)]]
+        per_seed = (len(REFERENCES) + 1 + sum(len(c.budgets) for c in contexts) * (len(STRATEGIES) - 1)
+                    + 2 * cfg.static_subnets)
+        runs = [run for chunk in _map(_grid_job, jobs, args.jobs, progress, "fine-tuning runs",
+                                      per_seed * len(seeds)) for run in chunk]
     order = {name: i for i, name in enumerate(REFERENCES + STRATEGIES + ("static-random", "static-random-ilp"))}
     runs.sort(key=lambda r: (r.seed, r.target or "", r.budget_bytes or 0, order[r.strategy], r.subnet or 0))
 

@@ -154,8 +154,18 @@ def _version_callback(value: bool) -> None:
 def _root(
     version: Annotated[bool, typer.Option("--version", callback=_version_callback, is_eager=True,
                                           help="Print the version and exit.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Errors only on stderr: no progress "
+                                        "spinners, no log lines.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="The library's debug log lines on "
+                                          "stderr.")] = False,
 ) -> None:
     """Memory-budget planner for on-device training of PyTorch models."""
+    if quiet and verbose:
+        _error_line("--quiet and --verbose contradict each other; give one")
+        raise typer.Exit(2)
+    from budgetplan.integrations.progress import configure_logging  # logging + rich progress (issue 13)
+
+    configure_logging("quiet" if quiet else "verbose" if verbose else "normal")
 
 
 # Options shared by the commands that read a model.

@@ -360,7 +360,7 @@ class Reselector:
         """Log records around a solve that a progress display turns into a spinner (no output itself)."""
         limit = self._effective_time_limit()
         return _ProgressRecords(f"{what}: solving ({self.strategy}, {self._total()} groups"
-                                f"{f', time limit {limit:g} s' if limit else ''})", limit)
+                                f"{f', time limit {limit:g} s' if limit else ''})")
 
     # -- plans -------------------------------------------------------------------------------------
     def _initial_plan(self, initial: Any, model: nn.Module | None) -> PlanResult:
@@ -623,14 +623,13 @@ class _ProgressRecords:
     display (:class:`budgetplan.integrations.progress.RichProgressHandler`) turns into a spinner with the
     elapsed time; other handlers print them as ordinary lines."""
 
-    def __init__(self, message: str, limit_s: float | None) -> None:
+    def __init__(self, message: str) -> None:
         self.message = message
-        self.limit_s = limit_s
         self.started = 0.0
 
     def __enter__(self) -> _ProgressRecords:
         self.started = time.perf_counter()
-        _log.info("%s", self.message, extra={"progress": "start", "progress_limit_s": self.limit_s})
+        _log.info("%s", self.message, extra={"progress": "start"})
         return self
 
     def __exit__(self, *exc: Any) -> None:
