@@ -145,6 +145,9 @@ class LayerGraph:
     graph_module: fx.GraphModule = field(repr=False)
     parameter_storages: dict[int, str] = field(default_factory=dict)  # storage key -> parameter name
     buffer_storages: dict[int, str] = field(default_factory=dict)  # storage key -> buffer name
+    # what later passes derive from the graph alone (the full backward analysis, a target's linear bound),
+    # keyed by the pass and its options: computed once per graph, whatever the budget
+    cache: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def layers(self) -> Iterator[Layer]:
         """Layers in execution order."""

@@ -245,6 +245,16 @@ def analyze_backward(graph: LayerGraph, update: UpdateSet) -> BackwardAnalysis:
     )
 
 
+def full_backward(graph: LayerGraph) -> BackwardAnalysis:
+    """:func:`analyze_backward` with every parameter trained: which calls may run backward and what each
+    may keep, the base of every linear bound. Computed once per graph (``graph.cache``)."""
+    cached = graph.cache.get("full_backward")
+    if cached is None:
+        everything = UpdateSet({n: None for n in graph.parameters})
+        cached = graph.cache["full_backward"] = analyze_backward(graph, everything)
+    return cached
+
+
 def _cat_gradient_views(call: AtenCall, needs: tuple[bool, ...], storages: dict[int, Storage],
                         trained_rows: dict[str, int], graph: LayerGraph, out: dict[str, int]) -> None:
     """A parameter concatenated whole (through views only, e.g. a ViT class token) gets as gradient a

@@ -315,6 +315,8 @@ class LinearCostModel:
         self.flops_row = self._row(self.backward_flops, "the backward FLOPs")
         self.rows = self._compile(rows)
         self._columns: tuple[np.ndarray, ...] | None = None
+        self._implied: tuple[int, dict[str, list[str]]] | None = None
+        self.cache: dict[str, object] = {}  # what users derive from the model alone (the planner's classes)
 
     # -- building -----------------------------------------------------------------------------------
 
@@ -383,11 +385,13 @@ class LinearCostModel:
         return self._columns  # type: ignore[return-value]
 
     def implied(self) -> dict[str, list[str]]:
-        """``lhs -> [rhs, ...]`` of the implications."""
-        out: dict[str, list[str]] = defaultdict(list)
-        for imp in self.implications:
-            out[imp.lhs].append(imp.rhs)
-        return out
+        """``lhs -> [rhs, ...]`` of the implications (computed once; do not change the implications after)."""
+        if self._implied is None or self._implied[0] != len(self.implications):
+            out: dict[str, list[str]] = {}
+            for imp in self.implications:
+                out.setdefault(imp.lhs, []).append(imp.rhs)
+            self._implied = (len(self.implications), out)
+        return self._implied[1]
 
     def assignment(self, update: UpdateSet, graph: LayerGraph) -> dict[str, int]:
         """Group variables for a concrete update set (a group is on when any of its rows is trained);

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import random
 import time
+import weakref
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -264,6 +265,8 @@ class Planner:
         gap: float | None = None,
         max_flops: float | None = None,
         max_latency_s: float | None = None,
+        inplace: bool = True,
+        fuse_update: bool = True,
     ) -> None:
         if budget_bytes <= 0:
             raise InputError(f"the budget must be positive, got {budget_bytes} bytes")
@@ -278,7 +281,7 @@ class Planner:
         self.max_flops = max_flops
         self.max_latency_s = max_latency_s
         self.family = for_target(target)
-        self.options = PricingOptions(optimizer=optimizer, reorder=reorder)
+        self.options = PricingOptions(optimizer=optimizer, reorder=reorder, inplace=inplace, fuse_update=fuse_update)
         self.layout = self.family.prepare(graph, target)
         self._linear: LinearCostModel | None = None
         self._classes: dict[str, list[str]] | None = None
@@ -287,13 +290,21 @@ class Planner:
     def linear_model(self) -> LinearCostModel:
         """The linear upper bound of the step's live bytes (built on first use, then reused)."""
         if self._linear is None:
-            self._linear = self.family.bound(self.graph, self.target, self.options, prepared=self.layout)
+            key = ("linear bound", self.family.name, repr(self.target), self.options)
+            if key not in self.graph.cache:  # independent of the budget: one per graph, target and options
+                self.graph.cache[key] = self.family.bound(self.graph, self.target, self.options,
+                                                          prepared=self.layout)
+            self._linear = self.graph.cache[key]
         return self._linear
 
     def interchangeable(self) -> dict[str, list[str]]:
-        """The classes of interchangeable group variables (see :class:`_Counted`), computed once."""
+        """The classes of interchangeable group variables (see :class:`_Counted`), computed once per
+        linear model."""
         if self._classes is None:
-            self._classes = _interchangeable(self.linear_model)
+            model = self.linear_model
+            if "classes" not in model.cache:
+                model.cache["classes"] = _interchangeable(model)
+            self._classes = model.cache["classes"]
         return self._classes
 
     def price(self, update: UpdateSet) -> TrainingEstimate:
@@ -410,15 +421,19 @@ def plan_update(
     last_k: int | None = None,
     config: Any = None,
     model_module: Any = None,
+    inplace: bool = True,
+    fuse_update: bool = True,
 ) -> PlanResult:
     """Choose what to train so that one training step fits ``budget_bytes`` on ``target``.
 
     ``max_flops`` bounds forward + backward FLOPs of the step; ``max_latency_s`` bounds the target's
     latency estimate. ``config`` (with ``model_module``) is a tiny-training sparse-update config.
+    ``reorder``, ``inplace``, ``fuse_update``: the microcontroller runtime's options (:class:`PricingOptions`).
     To plan the same model and budget repeatedly (new scores every epoch), keep a :class:`Planner`.
     """
     planner = Planner(graph, target, budget_bytes, optimizer=optimizer, reorder=reorder, solver=solver,
-                      time_limit=time_limit, gap=gap, max_flops=max_flops, max_latency_s=max_latency_s)
+                      time_limit=time_limit, gap=gap, max_flops=max_flops, max_latency_s=max_latency_s,
+                      inplace=inplace, fuse_update=fuse_update)
     return planner.plan(strategy=strategy, scores=scores, seed=seed, last_k=last_k, config=config,
                         model_module=model_module)
 
@@ -642,8 +657,34 @@ def planner_for(model: nn.Module, example_inputs: Any, *, target: Any = "host", 
         raise InputError(f"expected a torch.nn.Module, got {type(model).__name__}")
     device = resolve_target(target)
     budget = resolve_budget(device, ram)
-    graph = graph_in_training_modes(model, example_inputs, batchnorm=batchnorm, group_size=group_size)
+    key = model_fingerprint(model, example_inputs, batchnorm=batchnorm, group_size=group_size)
+    graphs = _GRAPHS.setdefault(model, {})
+    graph = graphs.get(key)
+    if graph is None:
+        graph = graph_in_training_modes(model, example_inputs, batchnorm=batchnorm, group_size=group_size)
+        graphs.clear()  # one graph per model object: the latest shapes and modes
+        graphs[key] = graph
     return Planner(graph, device, budget, **options)
+
+
+#: the layer graph last traced for each model object, under its :func:`model_fingerprint`
+_GRAPHS: weakref.WeakKeyDictionary[nn.Module, dict[tuple, LayerGraph]] = weakref.WeakKeyDictionary()
+
+
+def model_fingerprint(model: nn.Module, example_inputs: Any, *, batchnorm: str = "frozen",
+                      group_size: int = 1) -> tuple:
+    """What a layer graph depends on besides the weights' values: the module types in order, every
+    parameter's and buffer's name, shape and dtype, the inputs' shapes and dtypes, the BatchNorm policy
+    and the group size. Plans of one model under several budgets or targets share the graph traced for
+    it (and, through ``graph.cache``, the backward analysis and each target's linear bound)."""
+    inputs = (example_inputs,) if not isinstance(example_inputs, (tuple, list)) else tuple(example_inputs)
+    return (
+        tuple(type(m).__qualname__ for m in model.modules()),
+        tuple((n, tuple(t.shape), t.dtype) for n, t in model.named_parameters()),
+        tuple((n, tuple(t.shape), t.dtype) for n, t in model.named_buffers()),
+        tuple((tuple(t.shape), t.dtype) if hasattr(t, "shape") else repr(t) for t in inputs),
+        batchnorm, group_size,
+    )
 
 
 def plan(model: nn.Module, example_inputs: Any, *, target: Any = "host", ram: str | int | None = None,

@@ -32,7 +32,7 @@ def linear_cost_host(graph: LayerGraph, target: Target, *, optimizer: str = "sgd
     saved tensor kept until the backward of the earliest call that may keep it, each activation gradient
     alive from its writer's backward to its last consumer's, every backward's workspace charged while it
     may run, Adam's step temporaries charged as twice the largest parameter."""
-    from budgetplan.pricing.gradient_flow import analyze_backward, saved_copy_key
+    from budgetplan.pricing.gradient_flow import full_backward, saved_copy_key
     from budgetplan.cost_models.saved import NO_GRAD_OPS, outputs_differentiable, probe_saved, saved_refs
     from budgetplan.cost_models.workspace import backward_workspace
     from budgetplan.pricing.host.exact import (
@@ -43,11 +43,10 @@ def linear_cost_host(graph: LayerGraph, target: Target, *, optimizer: str = "sgd
         optimizer_state_rule,
         optimizer_step_workspace,
     )
-    from budgetplan.model.update_set import UpdateSet
 
     if optimizer not in OPTIMIZERS:
         raise InputError(f"unknown optimizer '{optimizer}'")
-    full = analyze_backward(graph, UpdateSet({n: None for n in graph.parameters}))
+    full = full_backward(graph)
     storages, calls = full.storages, full.calls
     groups, any_var, trained_var, implications = decision_groups(graph)
     by_param = groups_by_parameter(groups)

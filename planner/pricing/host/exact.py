@@ -15,6 +15,7 @@ Units: bytes, FLOPs (2 per MAC, matmul/conv-like ops), seconds.
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -159,13 +160,16 @@ def estimate_host(
     inputs = sum(s.nbytes for s in storages.values() if s.kind == "input")
 
     last_use = forward_last_use(graph, ba)
-    release_at = {key: min(users) for key, users in ba.saved.items()}  # freed after that call's backward
+    release_at: dict[int, list[int]] = {}  # call index -> saved storages freed after that call's backward
+    for key, users in ba.saved.items():
+        release_at.setdefault(min(users), []).append(key)
 
     timeline: list[TimelinePoint] = []
     live_act: dict[int, int] = {}
+    act_live = 0  # sum of live_act, kept as it changes (summing at every point is quadratic)
 
     def point(phase: str, label: str, grads: int, act_grads: int, opt: int, workspace: int = 0) -> None:
-        bd = MemoryBreakdown(activations=sum(live_act.values()), weights=weights, gradients=grads + act_grads,
+        bd = MemoryBreakdown(activations=act_live, weights=weights, gradients=grads + act_grads,
                              optimizer=opt, other=inputs + workspace)
         timeline.append(TimelinePoint(phase, label, bd.total, bd))
 
@@ -174,23 +178,28 @@ def estimate_host(
         by_layer_end[rec.index] = rec.layer  # the last call of a layer wins: one point per layer
     last_call_of_layer = {layer: idx for idx, layer in by_layer_end.items()}
     created_by: dict[int, list[int]] = {}  # call index -> activation storages it creates (saved copies too)
+    freed_after: dict[int, list[int]] = {}  # call index -> storages not kept, dead after that call
     for key, s in storages.items():
         if s.kind == "activation":
             created_by.setdefault(s.producer, []).append(key)
+            if key not in ba.saved:
+                freed_after.setdefault(max(s.producer, last_use.get(key, -1)), []).append(key)
     for rec in calls:
         for key in created_by.get(rec.index, ()):
+            act_live += storages[key].nbytes - live_act.get(key, 0)
             live_act[key] = storages[key].nbytes
         if last_call_of_layer.get(rec.layer) == rec.index:
             point("forward", rec.layer, 0, 0, 0)
-        for key in list(live_act):
-            if last_use.get(key, -1) <= rec.index and key not in ba.saved:
-                del live_act[key]
+        for key in freed_after.get(rec.index, ()):
+            act_live -= live_act.pop(key, 0)
 
     # Backward in reverse order.
     param_grads: dict[str, int] = {}
     # Gradients of activations, keyed by (storage, version): an in-place op writes a new version whose
     # gradient is a new tensor, a view shares its base's version and gradient.
     act_grads: dict[tuple[int, int], int] = {}
+    by_version: list[tuple[int, int]] = []  # max-heap of (-version, storage) of act_grads' keys
+    grads_live = act_grads_live = 0
     for cb in reversed(ba.backward):
         call = calls[cb.index].call
         for i, flag in enumerate(cb.needs_grad):
@@ -202,20 +211,24 @@ def estimate_host(
                 if s.name not in param_grads:
                     param_grads[s.name] = ba.grad_storage_bytes.get(
                         s.name, ba.trained_elements.get(s.name, 0) * graph.parameters[s.name].itemsize)
+                    grads_live += param_grads[s.name]
             elif (key, cb.input_versions[i]) not in act_grads:
                 act_grads[(key, cb.input_versions[i])] = call.inputs[i].nbytes
+                act_grads_live += call.inputs[i].nbytes
+                heapq.heappush(by_version, (-cb.input_versions[i], key))
         workspace = backward_workspace(call.overload, call.args, call.inputs, call.outputs, cb.needs_grad,
                                        flop_counter=False)
-        point("backward", cb.layer, sum(param_grads.values()), sum(act_grads.values()), 0,
-              workspace + LOSS_BYTES + SEED_BYTES)
-        for version_key in [k for k in act_grads if k[1] >= cb.index]:
-            del act_grads[version_key]  # the backward of the call that wrote it has consumed it
-        for key in [k for k, at in release_at.items() if at == cb.index]:
-            live_act.pop(key, None)
+        point("backward", cb.layer, grads_live, act_grads_live, 0, workspace + LOSS_BYTES + SEED_BYTES)
+        while by_version and -by_version[0][0] >= cb.index:
+            version, key = heapq.heappop(by_version)  # the backward of the call that wrote it consumed it
+            act_grads_live -= act_grads.pop((key, -version), 0)
+        for key in release_at.get(cb.index, ()):
+            act_live -= live_act.pop(key, 0)
     grads_total = sum(param_grads.values())
     own_bytes = {name: ba.trained_elements.get(name, 0) * graph.parameters[name].itemsize for name in param_grads}
     opt_bytes = optimizer_state_bytes(optimizer, own_bytes)
     live_act.clear()
+    act_live = 0
     step_extra = LOSS_BYTES if ba.backward else 0
     point("step", "optimizer step", grads_total, 0, opt_bytes + optimizer_step_workspace(optimizer, own_bytes),
           step_extra)
