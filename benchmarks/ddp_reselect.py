@@ -34,7 +34,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reselect_overhead import SmallMobileNetV2, synthetic  # noqa: E402
+from reselect_overhead import SmallMobileNetV2, synthetic
 
 
 def _free_port() -> int:

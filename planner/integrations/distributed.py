@@ -35,7 +35,7 @@ from budgetplan.errors import InputError
 from budgetplan.runtime.compiled import CompiledModule
 from budgetplan.runtime.reselect import Reselector
 
-__all__ = ["ddp_options", "rebuild_ddp", "reselect_ddp", "reduced_bytes_per_step"]
+__all__ = ["ddp_options", "rebuild_ddp", "reduced_bytes_per_step", "reselect_ddp"]
 
 _log = logging.getLogger(__name__)
 

@@ -187,7 +187,7 @@ class BudgetCallback(pl.Callback):
                              f"{type(trainer.strategy).__name__} (it shards parameters; a channel subset cannot "
                              "follow)")
         network = self._network(pl_module)
-        inputs, example = self._inputs()
+        _, example = self._inputs()
         plan = self.plan
         if plan is None:
             plan = planner_for(network, example, target=self.target, ram=self.ram, group_size=self.group_size,

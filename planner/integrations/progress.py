@@ -9,7 +9,8 @@ library can do the same without importing anything of this module.
 :func:`configure_logging` is what a program calls once (the CLI's root callback does, with ``--quiet`` /
 ``--verbose``; a training script may too): a :class:`RichProgressHandler` on the ``budgetplan`` logger.
 On a terminal a ``start`` record becomes a transient spinner line with the elapsed time,
-replaced by the ``end`` record's line; elsewhere (a file, CI) both are plain lines. Levels:
+replaced by the ``end`` record's line; elsewhere (a file, CI) the ``start`` record is a plain line and the
+``end`` record is dropped (the caller's summary line follows). Levels:
 ``"quiet"`` = errors only and no spinner, ``"normal"`` = INFO, ``"verbose"`` = DEBUG.
 """
 
@@ -48,10 +49,13 @@ class RichProgressHandler(logging.Handler):
             if self.spinners and kind == "start":
                 self._start(record)
                 return
-            if self.spinners and kind == "end" and self._tasks:
-                self._stop()
+            if kind == "end":
+                if self.spinners and self._tasks:
+                    self._stop()
+                    self.lines.emit(record)
+                return  # as plain lines, the start line and the caller's summary say it all
             self.lines.emit(record)
-        except Exception:  # a handler must not raise into the code that logs
+        except Exception:  # noqa: BLE001 - a handler must not raise into the code that logs
             self.handleError(record)
 
     def _start(self, record: logging.LogRecord) -> None:

@@ -52,10 +52,22 @@ from torch import nn
 from budgetplan.errors import BudgetplanError, InputError
 from budgetplan.model.update_set import UpdateSet
 from budgetplan.selection.planner import Planner, PlanResult, update_from_values
-from budgetplan.selection.velocity import DEFAULT_MAX_BYTES, VelocityTracker, collective_device, distributed_group
+from budgetplan.selection.velocity import (
+    DEFAULT_MAX_BYTES,
+    VelocityTracker,
+    collective_device,
+    distributed_group,
+)
 
-__all__ = ["DISTRIBUTED_TIME_LIMIT", "EpochLog", "ReselectionError", "Reselector", "SCORE_SOURCES", "STRATEGIES",
-           "process_group_timeout"]
+__all__ = [
+    "DISTRIBUTED_TIME_LIMIT",
+    "SCORE_SOURCES",
+    "STRATEGIES",
+    "EpochLog",
+    "ReselectionError",
+    "Reselector",
+    "process_group_timeout",
+]
 
 #: Built-in score sources; a callable ``f(model) -> {parameter: [score per group] | score}`` also works.
 SCORE_SOURCES: tuple[str, ...] = ("velocity", "grad-norm")
@@ -256,7 +268,7 @@ class Reselector:
                                              planner.budget_bytes, float(self.plan.objective), True,
                                              (self.plan.solver or {}).get("status"),
                                              (self.plan.solver or {}).get("seconds"), collective_bytes=sent)]
-        _log.info("initial plan: %d of %d groups, predicted peak %d of %d bytes (%.2f s)",
+        _log.log(self._level, "initial plan: %d of %d groups, predicted peak %d of %d bytes (%.2f s)",
                   self.log[0].groups_selected, self.log[0].groups_total, self.log[0].predicted_peak_bytes,
                   planner.budget_bytes, seconds)
 
@@ -265,6 +277,11 @@ class Reselector:
     def rank(self) -> int:
         """This process's rank in the group (0 in one process)."""
         return 0 if self._group is None else self._group[1]
+
+    @property
+    def _level(self) -> int:
+        """INFO on rank 0 (and in one process), DEBUG on the others: one line per epoch, not one per rank."""
+        return logging.INFO if self.rank == 0 else logging.DEBUG
 
     @property
     def world_size(self) -> int:
@@ -278,7 +295,8 @@ class Reselector:
         """Rank 0's solves must end well before the others' collectives time out."""
         if self._effective_time_limit() is None:
             self.time_limit = DISTRIBUTED_TIME_LIMIT
-            _log.info("several processes: rank 0's solves are limited to %.0f s (time_limit)", self.time_limit)
+            _log.log(self._level, "several processes: rank 0's solves are limited to %.0f s (time_limit)",
+                     self.time_limit)
         timeout = process_group_timeout(self.process_group)
         limit = self._effective_time_limit()
         if timeout is not None and limit is not None and limit > 0.5 * timeout:
@@ -403,7 +421,8 @@ class Reselector:
     def compile(self, model: nn.Module, **options: Any) -> Any:
         """Compile ``model`` for the current plan (``budgetplan.compile``; ``options`` go to it) and take
         the velocity baseline (measurement 0) on the untrained model. Returns the compiled module."""
-        from budgetplan.runtime.compiled import CompiledModule, compile as compile_model
+        from budgetplan.runtime.compiled import CompiledModule
+        from budgetplan.runtime.compiled import compile as compile_model
 
         compiled = model if isinstance(model, CompiledModule) else compile_model(model, self.plan.update, **options)
         if isinstance(model, CompiledModule) and model.update != self.plan.update:
@@ -456,7 +475,8 @@ class Reselector:
         Returns the compiled module; build a new optimizer from its ``trainable_parameters()``.
         Raises :class:`ReselectionError` (``on_overflow="raise"``) when the re-solved plan does not fit.
         On several ranks, call it on every rank after the same epoch (module docstring)."""
-        from budgetplan.runtime.compiled import CompiledModule, compile as compile_model
+        from budgetplan.runtime.compiled import CompiledModule
+        from budgetplan.runtime.compiled import compile as compile_model
 
         self.epoch += 1
         started = time.perf_counter()
@@ -501,7 +521,7 @@ class Reselector:
                        self.planner.budget_bytes, objective, fits, decision["status"], decision["solver_seconds"],
                        bool(decision["kept"]), notes, reduced + moved)
         self.log.append(log)
-        _log.info("epoch %d (%s): %d groups changed, %d of %d selected, predicted peak %d of %d bytes, "
+        _log.log(self._level, "epoch %d (%s): %d groups changed, %d of %d selected, predicted peak %d of %d bytes, "
                   "solve %.2f s, scores %.2f s%s", log.epoch, log.source, log.groups_changed, log.groups_selected,
                   log.groups_total, log.predicted_peak_bytes, log.budget_bytes, log.solve_seconds,
                   log.score_seconds, f"; {'; '.join(notes)}" if notes else "")
@@ -604,8 +624,8 @@ class Reselector:
             assert self.tracker is not None
             self.tracker.load_state_dict(state["tracker"])
         self.plan, self.log, self.epoch = plan, log, epoch
-        _log.info("restored re-selection after epoch %d: %d of %d groups", epoch, log[-1].groups_selected,
-                  log[-1].groups_total)
+        _log.log(self._level, "restored re-selection after epoch %d: %d of %d groups", epoch,
+                 log[-1].groups_selected, log[-1].groups_total)
 
     def to(self, device: torch.device | str) -> Reselector:
         """Move the validation (and gradient-norm) batches to ``device``, where the model now is."""
@@ -632,7 +652,7 @@ class _ProgressRecords:
         _log.info("%s", self.message, extra={"progress": "start"})
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         _log.info("%s: solved in %.2f s", self.message.split(":")[0], time.perf_counter() - self.started,
                   extra={"progress": "end"})
 
@@ -646,7 +666,7 @@ def process_group_timeout(process_group: Any = None) -> float | None:
         group = process_group if process_group is not None else dist.group.WORLD
         backend = group._get_backend(collective_device(process_group))
         return float(backend.options._timeout.total_seconds())
-    except Exception:  # a private API: absent or changed in another torch version
+    except Exception:  # noqa: BLE001 - a private API: absent or changed in another torch version
         return None
 
 

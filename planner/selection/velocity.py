@@ -52,8 +52,7 @@ import torch
 from torch import nn
 
 from budgetplan.errors import InputError
-from budgetplan.model.graph import LayerGraph
-from budgetplan.model.graph import parameter_groups
+from budgetplan.model.graph import LayerGraph, parameter_groups
 
 __all__ = ["SIGNS", "TrackedLayer", "VelocityMeasurement", "VelocityTracker", "collective_device",
            "distributed_group"]

@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from job_common import GLOBAL_BATCH, LR, SAMPLES, budget, data, make_model, shard  # noqa: E402
+from job_common import GLOBAL_BATCH, LR, SAMPLES, budget, data, make_model, shard
 
 
 def worker(rank: int, world: int, port: int, out: str, epochs: int) -> None:

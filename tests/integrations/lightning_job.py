@@ -24,13 +24,12 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from job_common import GLOBAL_BATCH, LR, budget, data, make_model  # noqa: E402
+import lightning.pytorch as pl
+from job_common import GLOBAL_BATCH, LR, budget, data, make_model
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
 
-import lightning.pytorch as pl  # noqa: E402
-from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
-from lightning.pytorch.loggers import CSVLogger  # noqa: E402
-
-from budgetplan.integrations.lightning import BudgetCallback  # noqa: E402
+from budgetplan.integrations.lightning import BudgetCallback
 
 
 class LitNet(pl.LightningModule):

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from job_common import HERE, free_port, replay, run_job  # noqa: E402
+from job_common import HERE, free_port, replay, run_job
 
 EPOCHS = 4
 

@@ -17,7 +17,7 @@ import torch
 pytest.importorskip("lightning", reason="Lightning is the 'lightning' extra (installed by the dev extra)")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from job_common import HERE, LR, free_port, replay, run_job  # noqa: E402
+from job_common import HERE, LR, free_port, replay, run_job
 
 EPOCHS = 4
 RESUME_AFTER = 1  # resume from the checkpoint written at the end of epoch 1 (epochs 0 and 1 done)
@@ -79,7 +79,8 @@ def test_network_restored_after_fit(runs) -> None:
 
 
 def test_loggers_get_every_epoch_log(runs) -> None:
-    rows = list(csv.DictReader(open(runs["out"] / "full" / "logs" / "version_0" / "metrics.csv")))
+    with open(runs["out"] / "full" / "logs" / "version_0" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
     logged = [r for r in rows if r.get("budgetplan/epoch")]
     a, _ = runs["full"]
     assert [int(float(r["budgetplan/epoch"])) for r in logged] == [e["epoch"] for e in a["log"]]

@@ -72,6 +72,7 @@ def test_spinner_on_a_terminal_plain_lines_elsewhere(restore_logger) -> None:
     assert "\x1b[2K" in terminal.getvalue()  # ... and erased (transient)
     assert "solved in" in text and "groups changed" in text
     assert "solving (ilp" in plain.getvalue() and "\x1b" not in plain.getvalue()
+    assert "solved in" not in plain.getvalue()  # as plain lines the summary line follows instead
     quiet = io.StringIO()
     configure_logging("quiet", console=Console(file=quiet, force_terminal=True, width=120))
     _three_epochs()
