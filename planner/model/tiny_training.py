@@ -42,7 +42,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from budgetplan.errors import InputError, ModelLoadError, first_line
+from budgetplan.errors import InputError, ModelLoadError
 from budgetplan.model.zoo import TinyTrainingNet, TTBlockSpec, TTConv
 
 __all__ = [
@@ -117,9 +117,12 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     except FileNotFoundError:
         raise ModelLoadError(f"file not found: {text}") from None
     except Exception as exc:
+        refused = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        reason = (f"it names {refused.group(1)}, which is not a numpy array global" if refused
+                  else f"not a torch.save file of numpy arrays ({type(exc).__name__})")
         raise ModelLoadError(
             f"{text} cannot be read as a tiny-training model file with weights_only=True and a numpy-only "
-            f"allowlist (nothing from the file was executed): {first_line(exc)}"
+            f"allowlist (nothing from the file was executed): {reason}"
         ) from None
     if not isinstance(obj, dict):
         raise ModelLoadError(f"{text}: not a tiny-training model file: it holds a {type(obj).__name__}, "

@@ -165,6 +165,7 @@ def test_code_running_pickle_is_refused_and_never_runs(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError) as direct:
         tt.read_config(path)
     assert "nothing from the file was executed" in str(direct.value) and "\n" not in str(direct.value)
+    assert "open, which is not a numpy array global" in str(direct.value)
     with pytest.raises(ModelLoadError) as via_loader:
         load_model(str(path))
     assert "--trust-pickle" in str(via_loader.value)  # refused as any pickled code is, today
