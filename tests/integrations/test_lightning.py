@@ -99,3 +99,59 @@ def test_resumed_run_continues_with_the_same_plan(runs) -> None:
     assert [{k: e[k] for k in keys} for e in resumed[0]["log"]] == [{k: e[k] for k in keys} for e in full[0]["log"]]
     for name, value in full[0]["state"].items():
         torch.testing.assert_close(resumed[0]["state"][name], value, rtol=1e-6, atol=1e-7)
+
+
+def test_a_checkpoint_from_validation_end_catches_up_the_missed_reselection(tmp_path) -> None:
+    """One device, in this process: ModelCheckpoint at validation end saves after an epoch's training
+    but before its re-selection; the resumed run does that re-selection first, on the same weights."""
+    import warnings
+
+    import lightning.pytorch as pl
+    from job_common import budget, data, make_model
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from budgetplan.integrations.lightning import BudgetCallback
+
+    class Lit(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = make_model()
+            self.updates: list = []
+
+        def training_step(self, batch, batch_idx):
+            return nn.functional.cross_entropy(self.model(batch[0]), batch[1])
+
+        def validation_step(self, batch, batch_idx):
+            self.log("val_loss", nn.functional.cross_entropy(self.model(batch[0]), batch[1]))
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=LR)
+
+        def on_train_epoch_start(self) -> None:
+            self.updates.append(self.trainer.callbacks[0].compiled.update)
+
+    def fit(out: Path, resume: Path | None = None) -> tuple[Lit, BudgetCallback]:
+        x, y, val = data()
+        lit = Lit()
+        callback = BudgetCallback(val, example_input=x[:1], ram=budget(make_model(), x), time_limit=20.0)
+        trainer = pl.Trainer(max_epochs=3, accelerator="cpu", devices=1, logger=False,
+                             enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                             callbacks=[callback, ModelCheckpoint(dirpath=out, filename="{epoch}", save_top_k=-1,
+                                                                  save_on_train_epoch_end=False)])
+        loader = DataLoader(TensorDataset(x, y), batch_size=16)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer.fit(lit, loader, loader, ckpt_path=resume)
+        return lit, callback
+
+    full, full_cb = fit(tmp_path / "full")
+    saved = torch.load(tmp_path / "full" / "epoch=1.ckpt", weights_only=True)
+    state = next(iter(saved["callbacks"].values()))["reselector"]
+    assert state["epoch"] == saved["epoch"] == 1  # saved before the re-selection after epoch 1
+    resumed, resumed_cb = fit(tmp_path / "resumed", tmp_path / "full" / "epoch=1.ckpt")
+    assert resumed.updates == full.updates[2:]
+    assert [e.groups_changed for e in resumed_cb.reselector.log] == [e.groups_changed for e in full_cb.reselector.log]
+    for name, value in full.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[name], value), name

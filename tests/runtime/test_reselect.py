@@ -359,10 +359,14 @@ def one_process_group():
         dist.destroy_process_group()
 
 
-def test_the_distributed_path_on_one_rank(planner: Planner, one_process_group) -> None:
+def test_the_distributed_path_on_one_rank(one_process_group) -> None:
     """distributed=True on a group of one: the plan goes through the broadcast (encoded, decoded,
     re-priced) and the velocities through the all-reduce; the decisions are those of the local path."""
     x, y = _data()
+    model = _model()
+    probe = planner_for(model, x[:1], target="host", ram=1 << 30)
+    full, none = probe.price(UpdateSet.full(model)).peak_bytes, probe.price(UpdateSet.none()).peak_bytes
+    planner = planner_for(model, x[:1], target="host", ram=int(none + SHARE["host"] * (full - none)))
     runs = []
     for distributed in (True, False):
         sel = Reselector(planner, x[:10], distributed=distributed, time_limit=20.0)
@@ -388,12 +392,13 @@ def dataclasses_replace(plan, update):
     return dataclasses.replace(plan, update=update, estimate=plan.planner.price(update))
 
 
-def test_a_solve_longer_than_the_timeout_allows_is_refused(planner: Planner) -> None:
+def test_a_solve_longer_than_the_timeout_allows_is_refused() -> None:
     import datetime
 
     import torch.distributed as dist
 
     x, _ = _data()
+    planner = planner_for(_model(), x[:1], target="host", ram=1 << 20)
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1,
                             timeout=datetime.timedelta(seconds=30))
     try:
