@@ -317,7 +317,7 @@ def _clean_module_path(path: str) -> str:
 #: a fake kernel)
 RECORD_VALUES = ("auto", "fake", "real")
 #: parameters and buffers from which a fake recording pays even when its machinery must be imported
-FAKE_FROM_BYTES = 32 << 20
+FAKE_FROM_BYTES = 256 << 20
 
 
 def _fake_pays(traced: TracedModel) -> bool:
@@ -523,6 +523,7 @@ def _assemble(traced: TracedModel, recorder: GraphRecorder, group_size: int) -> 
         storages=state.storages, storage_last_use=state.last_use, output_storages=tuple(state.output_storages),
         trace_method=traced.method, fallback_reason=traced.fallback_reason, group_size=group_size,
         graph_module=gm, parameter_storages=dict(state.param_keys), buffer_storages=dict(state.buffer_keys),
+        cache={"record values": recorder.values},
     )
 
 

@@ -644,7 +644,8 @@ def _solve_ilp(model: LinearCostModel, score: dict[str, float], budget: int, flo
     info = {"name": result.solver, "status": result.status, "objective": result.objective, "gap": result.gap,
             "seconds": round(time.perf_counter() - started, 3), "message": result.message,
             "variables": len(binaries) + len(counted), "group_variables": len(model.groups),
-            "constraints": len(constraints)}
+            "constraints": len(constraints),
+            "nonzeros": sum(len(c.expr.terms) for c in constraints) + 2 * len(implications)}
     return values, info
 
 

@@ -134,3 +134,45 @@ def test_eager_forward_peak_within_ten_percent(name: str) -> None:
         est = estimate_host(graph, update, HOST)
         eager = measure_step(model, (x,), update)
         assert abs(est.peak_bytes - eager.peak_bytes) <= 0.10 * eager.peak_bytes
+
+
+def _hf_models():
+    """A transformers ViT (bidirectional attention) and GPT-2 (causal), tiny, SDPA, built from configs."""
+    from transformers import GPT2Config, GPT2LMHeadModel, ViTConfig, ViTForImageClassification
+
+    class Logits(nn.Module):
+        def __init__(self, inner: nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.inner(x).logits
+
+    torch.manual_seed(0)
+    vit = Logits(ViTForImageClassification(ViTConfig(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128, image_size=32,
+        patch_size=8, num_labels=10, attn_implementation="sdpa", hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0)))
+    gpt = Logits(GPT2LMHeadModel(GPT2Config(
+        n_embd=32, n_layer=2, n_head=2, n_positions=64, vocab_size=128, bos_token_id=0, eos_token_id=0,
+        attn_implementation="sdpa", use_cache=False, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)))
+    return {"hf-vit": (vit, torch.randn(1, 3, 32, 32)), "hf-gpt2": (gpt, torch.randint(0, 128, (1, 16)))}
+
+
+def test_transformers_attention_matches_eager_autograd() -> None:
+    """transformers builds an explicit attention mask only under tracing (all true for ViT, the causal
+    pattern for GPT-2) and passes ``attn_mask=None`` in eager; SDPA would turn it into a float
+    ``(1, 1, L, L)`` tensor kept for backward (2,312 bytes on the ViT: 17 tokens, 2 layers). The traced
+    program gets the eager form back, so the estimate equals what autograd saves in the user's eager
+    step, and the program still computes the same outputs."""
+    for name, (model, x) in _hf_models().items():
+        model.train()
+        traced = trace_model(model, (x,))
+        assert torch.allclose(traced.graph_module(x), model(x), atol=1e-5), name
+        graph = build_layer_graph(traced, (x,))
+        for label, update in (("full", UpdateSet.full(model)), ("bias-only", from_patterns(model, ["*.bias"]))):
+            est = estimate_host(graph, update, HOST)
+            eager = measure_step(model, (x,), update)
+            assert est.memory.activations == eager.saved_activation_bytes, (name, label)
+            assert est.memory.gradients == eager.gradient_bytes, (name, label)
+            assert abs(est.peak_bytes - eager.peak_bytes) <= 0.05 * eager.peak_bytes, (name, label)
