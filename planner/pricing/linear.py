@@ -29,6 +29,7 @@ Units: bytes (memory), FLOPs.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -398,13 +399,20 @@ class LinearCostModel:
         derived variables (a, r, k) are set to the smallest values the implications allow."""
         values = {v: 0 for v in self.binaries}
         stack: list[str] = []
+        sorted_channels: dict[str, list[int]] = {}
         for g in self.groups:
             chans = update.channels(g.parameter)
             if chans == ():
                 continue
-            if chans is None or any(g.start <= c < g.stop for c in chans):
-                values[g.var] = 1
-                stack.append(g.var)
+            if chans is not None:  # is any trained channel in rows start:stop?
+                ordered = sorted_channels.get(g.parameter)
+                if ordered is None:
+                    ordered = sorted_channels[g.parameter] = sorted(chans)
+                at = bisect_left(ordered, g.start)
+                if at == len(ordered) or ordered[at] >= g.stop:
+                    continue
+            values[g.var] = 1
+            stack.append(g.var)
         implied = self.implied()
         while stack:  # everything the trained groups imply, transitively
             for rhs in implied.get(stack.pop(), ()):
