@@ -28,11 +28,20 @@ __all__ = ["CostFamily", "HostFamily", "McuFamily", "PricingOptions", "for_targe
 class PricingOptions:
     """How a training step is run, beside what is trained.
 
-    ``optimizer``: ``sgd`` or ``adam`` (optimizer state bytes); ``reorder``: each weight updated right
-    after its gradient (tiny-training's reordering; ``mcu`` only, the host runs PyTorch's order)."""
+    ``optimizer``: ``sgd``, ``sgd-momentum`` or ``adam`` (optimizer state bytes). The runtime's tricks
+    (``mcu`` only; the host runs PyTorch's eager order): ``reorder`` — each weight updated right after
+    its gradient; ``inplace`` — depthwise convs in place (forward, and stride-1 backward);
+    ``fuse_update`` — the weight-gradient op writes the update into the weight, no gradient buffer (needs
+    ``reorder``). See docs/cost-model.md."""
 
     optimizer: str = "sgd"
     reorder: bool = True
+    inplace: bool = True
+    fuse_update: bool = True
+
+    def runtime(self) -> dict[str, bool]:
+        """The runtime options as recorded in a plan file."""
+        return {"reorder": self.reorder, "inplace": self.inplace, "fuse_update": self.fuse_update}
 
 
 class CostFamily:
@@ -87,14 +96,16 @@ class McuFamily(CostFamily):
         from budgetplan.pricing.mcu.exact import estimate_mcu
 
         return estimate_mcu(graph, update, target, optimizer=options.optimizer, reorder=options.reorder,
-                            model=model, budget_bytes=budget_bytes, layout=prepared)
+                            inplace=options.inplace, fuse_update=options.fuse_update, model=model,
+                            budget_bytes=budget_bytes, layout=prepared)
 
     def bound(self, graph: LayerGraph, target: Target, options: PricingOptions, *,
               prepared: Any = None) -> LinearCostModel:
         from budgetplan.pricing.mcu.bound import linear_cost_mcu
 
         return linear_cost_mcu(graph, target, optimizer=options.optimizer, reorder=options.reorder,
-                               layout=prepared)
+                               inplace=options.inplace, fuse_update=options.fuse_update, layout=prepared)
+
 
 
 _FAMILIES: dict[str, CostFamily] = {"host": HostFamily(), "embedded-linux": HostFamily(), "mcu": McuFamily()}

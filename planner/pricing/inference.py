@@ -42,7 +42,8 @@ class ForwardTotals:
     flops: int
     macs: int
     activation_bytes: int  # sum of all new activation storages (target dtype)
-    inference_peak_bytes: int  # max live activation bytes (input included) over the forward schedule
+    inference_peak_bytes: int  # max live activation bytes (input included) over the forward schedule; mcu: +
+    # the largest im2col and kernel buffers (TinyEngine's peak)
     neuron_groups: int
     layers: int
 
@@ -83,9 +84,16 @@ def inference_timeline(graph: LayerGraph, target: Target) -> list[int]:
     """Live activation bytes after each layer of the forward pass (inference, nothing kept for backward).
 
     A storage is live from the layer that creates it (model inputs: from the start) to the last layer
-    that reads it; model outputs stay live to the end. On ``mcu`` targets a BatchNorm and a ReLU/ReLU6
-    after a conv are fused into it (one buffer), as deployed runtimes do.
+    that reads it; model outputs stay live to the end. On ``mcu`` targets this is TinyEngine's int8
+    forward (:func:`budgetplan.pricing.mcu.exact.forward_live_bytes`): a BatchNorm and a ReLU/ReLU6
+    after a conv are fused into it (one buffer), a depthwise conv runs in place when nothing else reads
+    its input, every buffer is rounded to 4 bytes. (The kernels' scratch buffers are not in the
+    timeline; :func:`forward_report` adds them to ``inference_peak_bytes``.)
     """
+    if target.family == "mcu":
+        from budgetplan.pricing.mcu.exact import forward_live_bytes, mcu_layout
+
+        return forward_live_bytes(mcu_layout(graph, target))[0]
     end = len(graph.order) - 1
     timeline = [0] * len(graph.order)
     producer_index = {name: i for i, name in enumerate(graph.order)}
@@ -94,10 +102,6 @@ def inference_timeline(graph: LayerGraph, target: Target) -> list[int]:
         start = 0 if storage.is_input else producer_index[storage.producer]
         stop = end if key in graph.output_storages else graph.storage_last_use.get(key, start)
         lifetimes[key] = (start, stop)
-    if target.family == "mcu":  # BatchNorm and ReLU fused into their conv: one buffer, as long as all
-        for bn_key, conv_key in fused_storages(graph).items():
-            lifetimes[conv_key] = (lifetimes[conv_key][0], max(lifetimes[conv_key][1], lifetimes[bn_key][1]))
-            del lifetimes[bn_key]
     for key, (start, stop) in lifetimes.items():
         size = storage_bytes(graph.storages[key], target)
         for i in range(start, stop + 1):
@@ -127,7 +131,14 @@ def forward_report(graph: LayerGraph, target: Target, *, model: str = "",
             output_bytes=out_bytes, neuron_groups=layer.neuron_groups, out_channels=layer.out_channels,
             weight=layer.weight,
         ))
-    timeline = inference_timeline(graph, target)
+    scratch = 0
+    if target.family == "mcu":  # TinyEngine's peak: + the largest im2col and kernel buffers
+        from budgetplan.pricing.mcu.exact import forward_live_bytes, mcu_layout
+
+        timeline, buffers = forward_live_bytes(mcu_layout(graph, target))
+        scratch = buffers.im2col + buffers.kernel
+    else:
+        timeline = inference_timeline(graph, target)
     groups_by_weight = {l.weight: l.neuron_groups for l in reversed(layers) if l.weight is not None}
     totals = ForwardTotals(
         params=sum(m.numel for m in graph.parameters.values()),
@@ -135,7 +146,7 @@ def forward_report(graph: LayerGraph, target: Target, *, model: str = "",
         flops=sum(l.flops for l in layers),
         macs=sum(l.macs for l in layers),
         activation_bytes=sum(l.output_bytes for l in layers),
-        inference_peak_bytes=max(timeline, default=0),
+        inference_peak_bytes=max(timeline, default=0) + scratch,
         neuron_groups=sum(groups_by_weight.values()),
         layers=len(layers),
     )

@@ -36,7 +36,8 @@ def test_grad_norm_scores_match_autograd_and_drive_the_plan() -> None:
     bn = reference.features[1].weight.grad
     assert abs(scores["features.1.weight"] - float(bn.norm()) / bn.numel()) < 1e-9
 
-    plan = plan_update(graph, load_target("cortex-m7"), 48 * 1024, strategy="ilp", scores=scores)
+    # 64 KiB: TinyEngine's int8 forward of tinycnn alone takes 57 KiB (its 3x3 convs' 16-bit weight buffer)
+    plan = plan_update(graph, load_target("cortex-m7"), 64 * 1024, strategy="ilp", scores=scores)
     assert plan.fits and plan.objective > 0
 
 
