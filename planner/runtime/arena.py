@@ -12,6 +12,10 @@ bytes. No allocator runs on the device.
   the strategy of TensorFlow Lite Micro's and MNN's planners. Offsets are multiples of ``alignment``
   bytes (16 by default: the widest SIMD load of Cortex-M/-A cores), each buffer's size is rounded up
   to it.
+* :func:`plan_blocks` — the same for **blocks** of buffers that share one offset (an in-place operator's
+  output continues its input's block), with a choice of order (largest or longest-lived first) and fit
+  (best or first): TinyEngine's planner is first fit, longest lifetime first
+  (:mod:`budgetplan.runtime.device_arena`).
 * :func:`check_arena` — an independent checker (it shares no code with the planner): a sweep over the
   buffers in order of their first step that compares each with every buffer still live, and reports
   every pair whose lifetimes intersect and whose byte ranges ``[offset, offset + size)`` overlap, plus
@@ -34,7 +38,7 @@ from typing import Any
 from budgetplan.errors import InputError
 
 __all__ = ["DEFAULT_ALIGNMENT", "ArenaBuffer", "ArenaPlan", "Overlap", "check_arena", "peak_live_bytes",
-           "plan_arena"]
+           "plan_arena", "plan_blocks"]
 
 #: Default offset alignment in bytes.
 DEFAULT_ALIGNMENT = 16
@@ -162,32 +166,99 @@ def plan_arena(buffers: Sequence[ArenaBuffer], *, alignment: int = DEFAULT_ALIGN
     (best fit), or above the highest of them. Zero-size buffers get offset 0 and take no room.
     Placements are returned in the input order.
     """
-    _validate(buffers, alignment)
-    order = sorted(range(len(buffers)), key=lambda i: (-buffers[i].size, buffers[i].first, buffers[i].name))
+    return plan_blocks([[b] for b in buffers], alignment=alignment, order="size", fit="best")
+
+
+def place_block(block: Sequence[ArenaBuffer], placed: Sequence[tuple[int, ArenaBuffer]], *,
+                alignment: int = DEFAULT_ALIGNMENT, fit: str = "best") -> int:
+    """The offset for one block (buffers sharing one offset, disjoint in time) among the ``placed``
+    (offset, buffer) pairs: the lowest offset where every buffer of the block misses every placed buffer
+    it meets in time (``fit="first"``), or the one that leaves the smallest gap above it (``"best"``;
+    above everything when no gap holds it). A multiple of ``alignment``; 0 for an empty block."""
+    segments = [b for b in block if b.size]
+    if not segments:
+        return 0
+
+    def need(b: ArenaBuffer) -> int:
+        return _round_up(b.size, alignment)
+
+    busy = [sorted((off, off + need(q)) for off, q in placed if b.overlaps_in_time(q)) for b in segments]
+    best: int | None = None
+    best_slack = float("inf")
+    for offset in sorted({0, *(end for intervals in busy for _, end in intervals)}):
+        slack = float("inf")
+        for b, intervals in zip(segments, busy):
+            top = offset + need(b)
+            if any(start < top and offset < end for start, end in intervals):
+                break
+            above = [start for start, _ in intervals if start >= top]
+            if above:
+                slack = min(slack, min(above) - top)
+        else:
+            if fit == "first":
+                return offset
+            if best is None or slack < best_slack:
+                best, best_slack = offset, slack
+            if slack == float("inf"):
+                break  # every higher candidate is above everything too: no tighter gap there
+    assert best is not None  # the highest end is always free
+    return best
+
+
+#: block orders of :func:`plan_blocks`: largest first, or longest lifetime first (TinyEngine's
+#: ``sort_by_lifetime``; ties: larger first)
+ORDERS = ("size", "lifetime")
+#: placement rules of :func:`plan_blocks`: the smallest gap that holds the block, or the lowest offset
+FITS = ("best", "first")
+
+
+def plan_blocks(blocks: Sequence[Sequence[ArenaBuffer]], *, alignment: int = DEFAULT_ALIGNMENT,
+                order: str | Sequence[int] = "size", fit: str = "best", algorithm: str | None = None) -> ArenaPlan:
+    """Place **blocks**: each block is a list of buffers with disjoint lifetimes that share one offset
+    (an operator that writes its output into its input's block; the block may hold fewer bytes after
+    it). Every buffer of a block gets the block's offset, a multiple of ``alignment`` bytes, such that
+    no two buffers whose lifetimes intersect share a byte.
+
+    ``order``: ``"size"`` places the largest block first (ties: earlier first step, then name);
+    ``"lifetime"`` the longest-lived first (TinyEngine's order; ties: larger first); or the block
+    indices in the order to place them. ``fit``:
+    ``"best"`` puts a block into the smallest gap that holds it (else above everything it meets in
+    time), ``"first"`` at the lowest offset where it fits. Placements come back in input order.
+    """
+    if (isinstance(order, str) and order not in ORDERS) or fit not in FITS:
+        raise InputError(f"unknown arena order {order!r} or fit {fit!r}")
+    if not isinstance(order, str) and sorted(order) != list(range(len(blocks))):
+        raise InputError("an explicit arena order must list every block index once")
+    flat = [b for block in blocks for b in block]
+    _validate(flat, alignment)
+    for block in blocks:
+        spans = sorted((b.first, b.last) for b in block if b.size)
+        if any(a[1] >= b[0] for a, b in zip(spans, spans[1:])):
+            raise InputError(f"the buffers of block {block[0].name!r} overlap in time")
+
+    def key(i: int) -> tuple:
+        block = blocks[i]
+        size = max((b.size for b in block), default=0)
+        first = min((b.first for b in block), default=0)
+        name = block[0].name if block else ""
+        if order == "lifetime":
+            life = max((b.last for b in block), default=0) - first
+            return (-life, -size, first, name)
+        return (-size, first, name)
+
     offsets: dict[int, int] = {}
-    placed: list[int] = []
-    for i in order:
-        b = buffers[i]
-        need = _round_up(b.size, alignment)
-        if need == 0:
-            offsets[i] = 0
-            continue
-        busy = sorted((offsets[j], offsets[j] + _round_up(buffers[j].size, alignment))
-                      for j in placed if b.overlaps_in_time(buffers[j]))
-        best: int | None = None
-        best_gap: int | None = None
-        cursor = 0
-        for start, end in busy:
-            gap = start - cursor
-            if gap >= need and (best_gap is None or gap < best_gap):
-                best, best_gap = cursor, gap
-            cursor = max(cursor, end)
-        offsets[i] = best if best is not None else cursor
-        placed.append(i)
-    placements = [Placement(b, offsets[i]) for i, b in enumerate(buffers)]
+    placed: list[tuple[int, ArenaBuffer]] = []  # (offset, buffer) of every placed non-empty buffer
+    for i in (sorted(range(len(blocks)), key=key) if isinstance(order, str) else order):
+        offsets[i] = place_block(blocks[i], placed, alignment=alignment, fit=fit)
+        placed.extend((offsets[i], b) for b in blocks[i] if b.size)
+    placements = [Placement(b, offsets[i]) for i, block in enumerate(blocks) for b in block]
     arena = max((_round_up(p.end, alignment) for p in placements if p.buffer.size), default=0)
-    peak, at = peak_live_bytes(buffers)
-    return ArenaPlan(placements, arena, peak, at, alignment)
+    peak, at = peak_live_bytes(flat)
+    if algorithm is None:
+        first = {"size": "largest", "lifetime": "longest lifetime"}.get(order, "given order") \
+            if isinstance(order, str) else "given order"
+        algorithm = "greedy-by-size, best fit" if (order, fit) == ("size", "best") else f"{first} first, {fit} fit"
+    return ArenaPlan(placements, arena, peak, at, alignment, algorithm)
 
 
 @dataclass(frozen=True)
