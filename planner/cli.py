@@ -6,17 +6,27 @@ value); an unexpected failure prints one line too (set ``BUDGETPLAN_DEBUG=1`` fo
 exits 3. Output printed or logged by PyTorch during a library call is discarded (see
 :func:`_quiet_torch`; ``BUDGETPLAN_DEBUG=1`` lets it through), so stdout and stderr carry only
 budgetplan's own output. See docs/cli.md.
+
+Every command is a :class:`_Command`: an option that takes one value given twice is refused (``--update``
+is the one that accumulates), and so is a number that is not finite (``--gap nan``). The files a command
+writes go through :class:`_Outputs`: checked before any work, never two options on one file or an output
+on one of the command's inputs, and written at the end through temporary files renamed into place.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import io
 import json
 import logging
+import math
 import os
+import shutil
+import signal
 import sys
+import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,10 +37,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 import budgetplan
-from budgetplan.errors import BudgetplanError, InputError, first_line
+from budgetplan.errors import BudgetplanError, InputError, first_line, one_line
 from budgetplan.units import format_bytes, parse_shape
 
 # click's UsageError (typer ships its own copy of click in recent versions; this finds it either way).
@@ -47,8 +57,13 @@ def _debug() -> bool:
 
 
 def _error_line(message: str) -> None:
-    """Print ``error: message`` as exactly one line on stderr."""
-    err_console.print(f"error: {' '.join(str(message).split())}", markup=False, soft_wrap=True)
+    """Print ``error: message`` as exactly one line on stderr (no terminal escapes, no control characters)."""
+    err_console.print(f"error: {one_line(message)}", markup=False, soft_wrap=True)
+
+
+def _note_line(message: str) -> None:
+    """A message line on stderr (``wrote PATH``), printable characters only."""
+    err_console.print(one_line(message, limit=10_000), markup=False, soft_wrap=True)
 
 
 @contextlib.contextmanager
@@ -67,6 +82,33 @@ def _compact_usage_errors() -> Iterator[None]:
         hint = f" (see '{ctx.command_path} --help')" if ctx is not None and ctx.command_path else ""
         _error_line(f"{exc.format_message()}{hint}")  # type: ignore[attr-defined]
         raise typer.Exit(getattr(exc, "exit_code", 2)) from None
+
+
+def _option_name(param: Any) -> str:
+    return "/".join(param.opts + getattr(param, "secondary_opts", []))
+
+
+class _Command(TyperCommand):
+    """A command that refuses an option given twice (click would keep the last value silently) unless the
+    option accumulates (``multiple``), and a float option whose value is not finite (``nan``, ``inf``)."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if not ctx.resilient_parsing:
+            _, _, order = self.make_parser(ctx).parse_args(args=list(args))  # a dry run: the order of options
+            seen: dict[str, int] = {}
+            for param in order:
+                if getattr(param, "multiple", True) or getattr(param, "count", False) or param.is_eager:
+                    continue
+                seen[param.name] = seen.get(param.name, 0) + 1
+                if seen[param.name] == 2:
+                    raise _UsageError(f"{_option_name(param)} is given more than once; give it once", ctx=ctx)
+        rest = super().parse_args(ctx, args)
+        for param in self.get_params(ctx):
+            value = ctx.params.get(param.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise _UsageError(f"Invalid value for '{_option_name(param)}': {value} is not a finite number",
+                                  ctx=ctx)
+        return rest
 
 
 class _Group(TyperGroup):
@@ -132,16 +174,39 @@ def _one_line_errors(fn: F) -> F:
         except KeyboardInterrupt:
             err_console.print("interrupted", markup=False)
             raise typer.Exit(130) from None
+        except MemoryError:
+            _error_line("out of memory: the model or an input is too large for this computer (try a smaller "
+                        "--input-shape)")
+            raise typer.Exit(2) from None
+        except RecursionError:
+            _error_line("the model or an input is nested too deeply to process (Python's recursion limit)")
+            raise typer.Exit(2) from None
+        except OSError as exc:
+            if _debug():
+                raise
+            if exc.errno not in _PATH_ERRNOS:
+                raise _internal(exc) from None
+            where = f"{exc.filename}: " if exc.filename is not None else ""
+            _error_line(f"{where}{exc.strerror or exc}")
+            raise typer.Exit(2) from None
         except Exception as exc:
             if _debug():
                 raise
-            err_console.print(
-                f"internal error: {first_line(exc, with_type=True)} (set BUDGETPLAN_DEBUG=1 for the traceback)",
-                markup=False, soft_wrap=True,
-            )
-            raise typer.Exit(3) from None
+            raise _internal(exc) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+#: OSErrors about a path the user gave (a name too long, a missing or unreadable file): input errors
+_PATH_ERRNOS = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.ELOOP,
+                          errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EEXIST})
+
+
+def _internal(exc: BaseException) -> typer.Exit:
+    """Print the one line of an unexpected failure (a bug in budgetplan); the exit to raise (code 3)."""
+    err_console.print(f"internal error: {first_line(exc, with_type=True)} (set BUDGETPLAN_DEBUG=1 for the "
+                      "traceback)", markup=False, soft_wrap=True)
+    return typer.Exit(3)
 
 
 def _version_callback(value: bool) -> None:
@@ -208,34 +273,242 @@ def _shape(text: str | None) -> tuple[int, ...] | None:
     return parse_shape(text) if text is not None else None
 
 
-def _check_output_path(path: str | None, force: bool, option: str = "--json") -> None:
-    """Refuse to overwrite a file unless asked, before any work is done. Only ``--json`` takes '-'."""
-    if path is None or (path == "-" and option == "--json"):
-        return
-    p = Path(path)
-    stdout_hint = ", or '-' for stdout" if option == "--json" else ""
-    if not path.strip() or path == "-":
-        raise InputError(f"{option} needs a file path{stdout_hint}")
-    if p.is_dir():
-        raise InputError(f"{option} {path} is a directory; give a file path{stdout_hint}")
-    if p.exists() and not force:
-        raise InputError(f"{path} exists; pass --force to overwrite it")
-    if not p.parent.is_dir():
-        why = "is not a directory" if p.parent.exists() else "does not exist"
-        raise InputError(f"cannot write {path}: {p.parent} {why}")
+def _stat(path: str, option: str) -> os.stat_result | None:
+    """``os.stat(path)``, None when nothing is there; a path the system refuses is an input error."""
+    try:
+        return os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        raise InputError(f"{option} {path}: {exc.strerror or exc}") from None
+    except ValueError:  # an embedded NUL byte
+        raise InputError(f"{option}: {path!r} is not a usable path") from None
 
 
-def _write_json(data: dict[str, Any], path: str) -> None:
-    text = json.dumps(data, indent=2, sort_keys=False) + "\n"
-    if path == "-":
-        sys.stdout.write(text)
-        sys.stdout.flush()
+def _identity(path: str, option: str) -> tuple[Any, ...]:
+    """What two spellings of one file share: (device, inode) when it exists, else its resolved path."""
+    info = _stat(path, option)
+    if info is not None:
+        return ("file", info.st_dev, info.st_ino)
+    try:
+        return ("path", os.path.normcase(os.path.realpath(path)))
+    except (OSError, ValueError):
+        return ("path", os.path.abspath(path))
+
+
+class _Outputs:
+    """The files one command writes, and the files it reads that they must not replace.
+
+    Every output is checked before any work: an existing file needs ``--force``, its folder must exist,
+    no two options may name the same file (after resolving ``..`` and symbolic links, or as the same
+    inode), and no output may be one of the command's input files. Texts are staged and written by
+    :meth:`commit` at the end, each to a temporary file in the same folder renamed into place, with
+    Ctrl-C held back during the renames: an error or an interrupt leaves every file as it was. A
+    directory output (``export --out``) is filled the same way, from a temporary directory.
+    """
+
+    def __init__(self, force: bool) -> None:
+        self.force = force
+        self._claimed: dict[tuple[Any, ...], str] = {}
+        self._inputs: dict[tuple[Any, ...], str] = {}
+        self._files: list[tuple[str, str]] = []
+        self._dirs: list[tuple[Path, dict[str, str], list[str]]] = []
+        self.wrote: list[str] = []
+
+    # -- checks, before any work ----------------------------------------------------------------------
+    def input(self, option: str, value: str | os.PathLike[str] | None) -> None:
+        """Register an input file (ignored when ``value`` names no existing file)."""
+        if value is None:
+            return
+        path = os.fspath(value)
+        if not path or len(path) > 4096:
+            return
+        try:
+            if not os.path.isfile(path):
+                return
+        except (OSError, ValueError):
+            return
+        key = _identity(path, option)
+        self._inputs.setdefault(key, option)
+        if key in self._claimed:
+            raise InputError(f"{self._claimed[key]} {path} is also the {option} input; write the output elsewhere")
+
+    def _claim(self, option: str, path: str) -> None:
+        key = _identity(path, option)
+        if key in self._claimed:
+            raise InputError(f"{option} {path} and {self._claimed[key]} name the same file; give each output "
+                             "its own path")
+        if key in self._inputs:
+            raise InputError(f"{option} {path} is also the {self._inputs[key]} input; write the output elsewhere")
+        self._claimed[key] = option
+
+    def file(self, option: str, path: str | None, *, stdout: bool = False) -> None:
+        """Check an output file option (``-`` means stdout where ``stdout``)."""
+        if path is None or (stdout and path == "-"):
+            return
+        hint = ", or '-' for stdout" if stdout else ""
+        if not path.strip() or path == "-":
+            raise InputError(f"{option} needs a file path{hint}")
+        self._claim(option, path)
+        info = _stat(path, option)
+        if info is not None and os.path.isdir(path):
+            raise InputError(f"{option} {path} is a directory; give a file path{hint}")
+        if info is not None and not self.force:
+            raise InputError(f"{path} exists; pass --force to overwrite it")
+        parent = os.path.dirname(path) or "."
+        parent_info = _stat(parent, option)
+        if parent_info is None or not os.path.isdir(parent):
+            why = "is not a directory" if parent_info is not None else "does not exist"
+            raise InputError(f"cannot write {path}: {parent} {why}")
+
+    def directory(self, option: str, path: str, names: tuple[str, ...]) -> Path:
+        """Check an output directory option whose files will be ``names``."""
+        if not path.strip() or path == "-":
+            raise InputError(f"{option} needs a directory path")
+        directory = Path(path)
+        info = _stat(path, option)
+        if info is not None and not os.path.isdir(path):
+            raise InputError(f"{option} {path} is a file; give a directory")
+        if info is None:
+            parent = os.path.dirname(os.path.normpath(path)) or "."
+            if _stat(parent, option) is None or not os.path.isdir(parent):
+                raise InputError(f"cannot create {path}: {parent} does not exist")
+        for name in names:
+            file = str(directory / name)
+            if _stat(file, option) is not None and not self.force:
+                raise InputError(f"{file} exists; pass --force to overwrite it")
+            self._claim(f"{option} {path} (its {name})", file)
+        return directory
+
+    # -- writing, at the end --------------------------------------------------------------------------
+    def write(self, path: str, text: str) -> None:
+        """Stage ``text`` for ``path`` (``-``: stdout, now)."""
+        if path == "-":
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            return
+        self._files.append((path, text))
+
+    def fill(self, directory: Path, files: dict[str, str], remove: list[str] | tuple[str, ...] = ()) -> None:
+        """Stage ``files`` (name -> text) for ``directory``, and the removal of ``remove`` from it."""
+        self._dirs.append((directory, dict(files), list(remove)))
+
+    def commit(self, *, announce: bool = True) -> None:
+        """Write everything staged; print ``wrote PATH`` for each file (now, or at :meth:`announce`)."""
+        temps: list[str] = []
+        try:
+            moves: list[tuple[str, str]] = []
+            for path, text in self._files:
+                if os.path.exists(path) and not os.path.isfile(path):  # /dev/null, a pipe: write in place
+                    moves.append(("", path))
+                    continue
+                temp = _temp_file(os.path.dirname(path) or ".", os.path.basename(path), text)
+                temps.append(temp)
+                moves.append((temp, path))
+            staged_dirs = []
+            for directory, files, remove in self._dirs:
+                fresh = not directory.exists()
+                holder = _temp_dir(directory.parent if fresh else directory, directory.name)
+                temps.append(holder)
+                for name, text in files.items():
+                    _write_all(os.path.join(holder, name), text)
+                staged_dirs.append((directory, holder, files, remove, fresh))
+            with _signals_held():
+                for temp, path in moves:
+                    if temp:
+                        os.replace(temp, path)
+                    else:
+                        _write_all(path, dict(self._files)[path])
+                    self.wrote.append(path)
+                for directory, holder, files, remove, fresh in staged_dirs:
+                    if fresh:
+                        os.rename(holder, directory)
+                    else:
+                        for name in files:
+                            os.replace(os.path.join(holder, name), directory / name)
+                        os.rmdir(holder)
+                        for name in remove:
+                            with contextlib.suppress(FileNotFoundError):
+                                (directory / name).unlink()
+                    self.wrote += [str(directory / name) for name in files]
+        except OSError as exc:
+            raise InputError(f"cannot write {exc.filename or ''}: {exc.strerror or exc}") from None
+        finally:
+            for temp in temps:
+                if os.path.isdir(temp):
+                    shutil.rmtree(temp, ignore_errors=True)
+                elif os.path.exists(temp):
+                    with contextlib.suppress(OSError):
+                        os.unlink(temp)
+        if announce:
+            self.announce()
+
+    def announce(self) -> None:
+        """Print ``wrote PATH`` for every file written."""
+        for path in self.wrote:
+            _note_line(f"wrote {path}")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _write_all(path: str, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(text)
+
+
+def _temp_file(folder: str, name: str, text: str) -> str:
+    """A new file ``folder/.name.XXXX.tmp`` holding ``text``, with the permissions a new file gets."""
+    fd, temp = tempfile.mkstemp(dir=folder, prefix=f".{name[:100]}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    return temp
+
+
+def _temp_dir(folder: Path, name: str) -> str:
+    """A new directory ``folder/.name.XXXX.tmp`` with the permissions a new directory gets."""
+    temp = tempfile.mkdtemp(dir=folder, prefix=f".{name[:100]}.", suffix=".tmp")
+    os.chmod(temp, 0o777 & ~_umask())
+    return temp
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back (delivered on exit) while files are renamed into place."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    try:
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    except (AttributeError, ValueError, OSError):  # no POSIX signal masks here
+        yield
         return
     try:
-        Path(path).write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
-    err_console.print(f"wrote {path}", markup=False, soft_wrap=True)
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _model_outputs(force: bool, model: str, target: str | None = None,
+                   weights: str | os.PathLike[str] | None = None) -> _Outputs:
+    """An :class:`_Outputs` that knows the model, target and weights files a command reads."""
+    outputs = _Outputs(force)
+    outputs.input("MODEL", model)
+    if target is not None and (target.endswith(".toml") or "/" in target or os.sep in target):
+        outputs.input("--target", target)
+    outputs.input("--weights", weights)
+    return outputs
+
+
+def _json_text(data: dict[str, Any]) -> str:
+    return json.dumps(data, indent=2, sort_keys=False) + "\n"
 
 
 def _si(n: float) -> str:
@@ -245,7 +518,7 @@ def _si(n: float) -> str:
     return f"{n:g}"
 
 
-@app.command()
+@app.command(cls=_Command)
 @_one_line_errors
 def inspect(
     model: ModelArg,
@@ -264,7 +537,8 @@ def inspect(
     """Per-layer table of a model: parameters, MACs, output bytes and neuron groups on a target."""
     from budgetplan.pipeline import inspect_model  # imports torch (slow): only for commands that need it
 
-    _check_output_path(json_out, force)
+    outputs = _model_outputs(force, model, target, weights)
+    outputs.file("--json", json_out, stdout=True)
     if trace not in ("auto", "fx", "export"):
         raise InputError(f"unknown --trace '{trace}'; use auto, fx or export")
     with _quiet_torch():
@@ -272,7 +546,8 @@ def inspect(
                                weights=weights, trust_pickle=trust_pickle,
                                trace=trace, group_size=group_size)  # type: ignore[arg-type]
     if json_out is not None:
-        _write_json(report.to_dict(), json_out)
+        outputs.write(json_out, _json_text(report.to_dict()))
+        outputs.commit()
         if json_out == "-":
             return
 
@@ -312,16 +587,18 @@ def inspect(
         console.print(f"note: {note}", markup=False)
 
 
-@app.command()
+@app.command(cls=_Command)
 @_one_line_errors
 def targets(json_out: JsonOpt = None, force: ForceOpt = False) -> None:
     """List the built-in targets."""
     from budgetplan.targets import list_targets
 
-    _check_output_path(json_out, force)
+    outputs = _Outputs(force)
+    outputs.file("--json", json_out, stdout=True)
     devices = list_targets()
     if json_out is not None:
-        _write_json({"targets": [d.to_dict() for d in devices]}, json_out)
+        outputs.write(json_out, _json_text({"targets": [d.to_dict() for d in devices]}))
+        outputs.commit()
         if json_out == "-":
             return
     table = Table(title="built-in targets")
@@ -335,10 +612,34 @@ def targets(json_out: JsonOpt = None, force: ForceOpt = False) -> None:
     console.print(table)
 
 
-UpdateOpt = Annotated[str | None, typer.Option(
+@app.command("schema", cls=_Command)
+@_one_line_errors
+def schema_command(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="plan, update, config or scores.")],
+) -> None:
+    """Print the JSON Schema of a document budgetplan reads: plan (analyze --out), update (--update FILE),
+    config (a tiny-training sparse-update config) or scores (--objective FILE)."""
+    from budgetplan.schemas import schema_text
+
+    sys.stdout.write(schema_text(name))
+
+
+UpdateOpt = Annotated[list[str] | None, typer.Option(
     "--update", "-u", metavar="SPEC",
     help="What to train: patterns like 'layer4.*,*.bias,fc.weight[0:8]', 'all', a plan JSON or a "
-         "tiny-training sparse-update config (JSON). Default: all.")]
+         "tiny-training sparse-update config (JSON). Repeatable: trains the union. Default: all.")]
+
+
+def _update_arg(update: list[str] | None, outputs: _Outputs) -> list[str] | None:
+    """The ``--update`` values (each patterns or a file; several: their union); files are inputs."""
+    if not update:
+        return None
+    from budgetplan.model.update_set import looks_like_file
+
+    for value in update:
+        if looks_like_file(value):
+            outputs.input("--update", value)
+    return update
 OptimizerOpt = Annotated[str, typer.Option("--optimizer", metavar="sgd|sgd-momentum|adam",
                                            help="Optimizer whose state is priced.")]
 
@@ -347,7 +648,7 @@ def _pct(pred: float, meas: float) -> str:
     return "n/a" if meas == 0 else f"{100 * (pred - meas) / meas:+.2f} %"
 
 
-@app.command()
+@app.command(cls=_Command)
 @_one_line_errors
 def estimate(
     model: ModelArg,
@@ -367,14 +668,17 @@ def estimate(
     """Memory, FLOPs and latency of one training step of an update set on a target."""
     from budgetplan.pipeline import estimate_training
 
-    _check_output_path(json_out, force)
+    outputs = _model_outputs(force, model, target, weights)
+    updates = _update_arg(update, outputs)
+    outputs.file("--json", json_out, stdout=True)
     _check_trace_and_optimizer(trace, optimizer)
     with _quiet_torch():
-        est = estimate_training(model, target=target, update=update, optimizer=optimizer, ram=ram,
+        est = estimate_training(model, target=target, update=updates, optimizer=optimizer, ram=ram,
                                 input_shape=_shape(input_shape), weights=weights, trust_pickle=trust_pickle,
                                 trace=trace, reorder=not no_reorder)  # type: ignore[arg-type]
     if json_out is not None:
-        _write_json(est.to_dict(), json_out)
+        outputs.write(json_out, _json_text(est.to_dict()))
+        outputs.commit()
         if json_out == "-":
             return
     table = Table(title=Text(f"one training step of {est.model} on {est.target} ({est.optimizer})"))
@@ -401,7 +705,7 @@ def estimate(
         console.print(f"note: {note}", markup=False, soft_wrap=True)
 
 
-@app.command()
+@app.command(cls=_Command)
 @_one_line_errors
 def measure(
     model: ModelArg,
@@ -417,13 +721,16 @@ def measure(
     """Run one real training step on this computer and compare it with the host prediction."""
     from budgetplan.pipeline import measure_training
 
-    _check_output_path(json_out, force)
+    outputs = _model_outputs(force, model, None, weights)
+    updates = _update_arg(update, outputs)
+    outputs.file("--json", json_out, stdout=True)
     _check_trace_and_optimizer(trace, optimizer)
     with _quiet_torch():
-        result = measure_training(model, update=update, optimizer=optimizer, input_shape=_shape(input_shape),
+        result = measure_training(model, update=updates, optimizer=optimizer, input_shape=_shape(input_shape),
                                   weights=weights, trust_pickle=trust_pickle, trace=trace)  # type: ignore[arg-type]
     if json_out is not None:
-        _write_json(result.to_dict(), json_out)
+        outputs.write(json_out, _json_text(result.to_dict()))
+        outputs.commit()
         if json_out == "-":
             return
     table = Table(title=Text(f"one training step of {result.model} on this computer ({result.optimizer})"))
@@ -440,18 +747,28 @@ def measure(
                       "tensors (budgetplan.compile makes subsets real)", soft_wrap=True)
 
 
-def _scores_arg(text: str) -> Any:
-    """``params``/``uniform``, or a scores file (JSON or a tensor file; :func:`budgetplan.selection.scores.load_scores`)."""
+def _is_file(text: str) -> bool:
+    try:
+        return os.path.isfile(text)
+    except (OSError, ValueError):
+        return False
+
+
+def _scores_arg(text: str, outputs: _Outputs) -> Any:
+    """``params``/``uniform``, or a scores file (JSON or a tensor file; :func:`budgetplan.selection.scores.load_scores`):
+    a value with a path separator or a ``.json``/``.pt``/``.pth`` suffix, or an existing file."""
     if text in ("params", "uniform"):
         return text
-    if not Path(text).is_file():
-        raise InputError(f"unknown --objective '{text}'; use params, uniform or a scores file (.json, .pt)")
-    from budgetplan.selection.scores import load_scores
+    from budgetplan.selection.scores import TENSOR_SUFFIXES, load_scores
 
+    suffix = os.path.splitext(text)[1].lower()
+    if not ("/" in text or os.sep in text or suffix in (".json", *TENSOR_SUFFIXES) or _is_file(text)):
+        raise InputError(f"unknown --objective '{text}'; use params, uniform or a scores file (.json, .pt)")
+    outputs.input("--objective", text)
     return load_scores(text)
 
 
-@app.command()
+@app.command(cls=_Command)
 @_one_line_errors
 def analyze(
     model: ModelArg,
@@ -496,10 +813,13 @@ def analyze(
     from budgetplan.pipeline import analyze_model
     from budgetplan.emit.plan_file import dumps_plan
 
+    outputs = _model_outputs(force, model, target, weights)
+    if strategy.startswith("config:"):
+        outputs.input("--strategy config:", strategy[len("config:"):])
     for path, option in ((json_out, "--json"), (out, "--out"), (html, "--html")):
-        _check_output_path(path, force, option)
+        outputs.file(option, path, stdout=option == "--json")
     _check_trace_and_optimizer(trace, optimizer)
-    scores = _scores_arg(objective)
+    scores = _scores_arg(objective, outputs)
     with console.status("tracing, pricing and solving…", spinner="dots"), _quiet_torch():
         analysis = analyze_model(model, target=target, ram=ram, strategy=strategy, scores=scores,
                                  optimizer=optimizer, reorder=not no_reorder, solver=solver, time_limit=time_limit,
@@ -508,17 +828,19 @@ def analyze(
                                  trace=trace, group_size=group_size)  # type: ignore[arg-type]
     plan, doc = analysis.plan, analysis.document
     if out is not None:
-        _write_text(dumps_plan(doc), out)
+        outputs.write(out, dumps_plan(doc))
     if html is not None:
         from budgetplan.emit.report_html import render_html
 
-        _write_text(render_html(doc), html)
+        outputs.write(html, render_html(doc))
     if json_out is not None:
         data = dict(doc)
         data.pop("timeline", None)
         data["timeline"] = doc["timeline"]
         data["solver"] = plan.solver  # with wall time (not in the plan file, which must be reproducible)
-        _write_json(data, json_out)
+        outputs.write(json_out, _json_text(data))
+    outputs.commit()
+    if json_out is not None:
         if json_out == "-":
             raise typer.Exit(0 if plan.fits and not plan.update.is_empty else 1)
 
@@ -550,14 +872,6 @@ def analyze(
         raise typer.Exit(1)
 
 
-def _write_text(text: str, path: str) -> None:
-    try:
-        Path(path).write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
-    err_console.print(f"wrote {path}", markup=False, soft_wrap=True)
-
-
 def _junit(items: list[Any], model: str) -> str:
     from xml.sax.saxutils import escape as xml_escape, quoteattr
 
@@ -573,7 +887,7 @@ def _junit(items: list[Any], model: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-@app.command()
+@app.command(cls=_Command)
 @_one_line_errors
 def check(
     model: ModelArg,
@@ -597,18 +911,21 @@ def check(
     """CI gate: exit 0 when the model fits the device, 1 when it does not, 2 on input errors."""
     from budgetplan.pipeline import check_model
 
+    outputs = _model_outputs(force, model, target, weights)
+    outputs.input("--plan", plan)
     for path, option in ((json_out, "--json"), (junit, "--junit")):
-        _check_output_path(path, force, option)
+        outputs.file(option, path, stdout=option == "--json")
     with _quiet_torch():
         items = check_model(model, target=target, ram=ram, plan=plan, min_update_pct=min_update,
                             optimizer=optimizer, input_shape=_shape(input_shape), weights=weights,
                             trust_pickle=trust_pickle, trace=trace)  # type: ignore[arg-type]
     passed = all(i.passed for i in items)
     if junit is not None:
-        _write_text(_junit(items, model), junit)
+        outputs.write(junit, _junit(items, model))
     if json_out is not None:
-        _write_json({"passed": passed, "checks": [{"name": i.name, "passed": i.passed, "message": i.message}
-                                                  for i in items]}, json_out)
+        outputs.write(json_out, _json_text({"passed": passed, "checks": [
+            {"name": i.name, "passed": i.passed, "message": i.message} for i in items]}))
+    outputs.commit()
     if json_out != "-":
         for item in items:
             mark = "[green]PASS[/]" if item.passed else "[red]FAIL[/]"
@@ -616,28 +933,11 @@ def check(
     raise typer.Exit(0 if passed else 1)
 
 
-#: The files ``budgetplan compile`` writes into its output directory.
-COMPILE_FILES = ("step.py", "schedule.json", "arena.json", "budgetplan_plan.h", "sparse_update_config.json")
+#: The files ``budgetplan export`` writes into its output directory.
+EXPORT_FILES = COMPILE_FILES = ("step.py", "schedule.json", "arena.json", "budgetplan_plan.h", "sparse_update_config.json")
 
 
-def _check_output_dir(out: str, force: bool) -> Path:
-    """Refuse an output directory that is a file, whose parent is missing, or that holds files compile
-    would overwrite (unless ``--force``), before any work is done."""
-    d = Path(out)
-    if not out.strip() or out == "-":
-        raise InputError("--out needs a directory path")
-    if d.exists() and not d.is_dir():
-        raise InputError(f"--out {out} is a file; give a directory")
-    if not d.exists() and not d.parent.is_dir():
-        raise InputError(f"cannot create {out}: {d.parent} does not exist")
-    if not force:
-        for name in COMPILE_FILES:
-            if (d / name).exists():
-                raise InputError(f"{d / name} exists; pass --force to overwrite it")
-    return d
-
-
-@app.command("export")
+@app.command("export", cls=_Command)
 @_one_line_errors
 def export_command(
     model: ModelArg,
@@ -662,12 +962,14 @@ def export_command(
 ) -> None:
     """Export a plan for a device runtime: the scheduled training-step graph, its static memory arena,
     a C header and tiny-training's sparse-update config."""
+    from budgetplan.emit.plan_file import read_plan
     from budgetplan.runtime.training_step import LOSSES
 
-    _check_output_path(json_out, force)
-    directory = _check_output_dir(out, force)
-    if not Path(plan).is_file():
-        raise InputError(f"plan file not found: {plan}")
+    outputs = _model_outputs(force, model, None, weights)
+    outputs.input("--plan", plan)
+    directory = outputs.directory("--out", out, EXPORT_FILES)
+    outputs.file("--json", json_out, stdout=True)
+    read_plan(plan)  # a bad plan file stops the command before the model is loaded
     if not lr > 0:
         raise InputError(f"--lr must be a positive learning rate, got {lr:g}")
     if loss not in LOSSES:
@@ -681,29 +983,21 @@ def export_command(
     with console.status("tracing, building the step and checking…", spinner="dots"), _quiet_torch():
         build = build_device_step(model, plan, input_shape=_shape(input_shape), weights=weights,
                                    trust_pickle=trust_pickle, trace=trace, loss=loss, lr=lr, batchnorm=batchnorm)
-    try:
-        directory.mkdir(exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"cannot create {out}: {exc.strerror or exc}") from None
     files = {"step.py": build.step.python_source(),
              "schedule.json": json.dumps(build.step.to_schedule_dict(), indent=1) + "\n",
              "arena.json": json.dumps(build.arena.to_dict(), indent=1) + "\n",
              "budgetplan_plan.h": build.header}
     if build.sparse_config is not None:
         files["sparse_update_config.json"] = json.dumps(build.sparse_config, indent=2) + "\n"
-    elif (directory / "sparse_update_config.json").exists():
-        (directory / "sparse_update_config.json").unlink()  # stale: would not match this plan (--force)
-    for name, text in files.items():
-        try:
-            (directory / name).write_text(text, encoding="utf-8")
-        except OSError as exc:
-            raise InputError(f"cannot write {directory / name}: {exc.strerror or exc}") from None
+    # a sparse config left from an earlier export (--force) would not match this plan: removed
+    outputs.fill(directory, files, remove=[n for n in ("sparse_update_config.json",) if n not in files])
     summary = build.summary()
     summary["files"] = [str(directory / name) for name in files]
     if json_out is not None:
-        _write_json(summary, json_out)
-        if json_out == "-":
-            return
+        outputs.write(json_out, _json_text(summary))
+    outputs.commit(announce=False)
+    if json_out == "-":
+        return
     a, st = build.arena, build.step
     target = summary["target"] or "?"
     console.print(f"exported {escape(build.model)} with {escape(build.plan_path)} (plan for {escape(target)}): "
@@ -720,13 +1014,12 @@ def export_command(
         console.print(f"the emitted step {verdict} an eager PyTorch step (max |Δ| {build.max_abs_diff:.3g})")
     for note in build.notes:
         console.print(f"note: {note}", markup=False, soft_wrap=True)
-    for name in files:
-        err_console.print(f"wrote {directory / name}", markup=False, soft_wrap=True)
+    outputs.announce()
 
 
 # ``compile`` was this command's name in 0.1; "compile" now means budgetplan.compile (the trainable
 # module) only. The old name keeps working for one release, hidden, with click's deprecation notice.
-app.command("compile", hidden=True, deprecated=True,
+app.command("compile", hidden=True, deprecated=True, cls=_Command,
             help="Deprecated name of `budgetplan export` (removed in the next release).")(export_command)
 
 

@@ -7,9 +7,25 @@ Every failure caused by what the user handed us (a path, a model, a flag) is rai
 
 from __future__ import annotations
 
+import re
+
 from budgetplan.cost_models.messages import first_line
 
-__all__ = ["BudgetplanError", "InputError", "ModelLoadError", "TargetError", "TraceError", "first_line"]
+__all__ = ["MAX_MESSAGE", "BudgetplanError", "InputError", "ModelLoadError", "TargetError", "TraceError",
+           "first_line", "one_line"]
+
+MAX_MESSAGE = 2000
+"""Characters of one error line; a longer message (one that quotes a huge input) is cut with "…"."""
+_ESCAPES = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b.?")
+
+
+def one_line(message: object, limit: int = MAX_MESSAGE) -> str:
+    """``message`` as one printable line: terminal escape sequences and other control characters
+    removed, whitespace runs (newlines included) collapsed to one space, at most ``limit`` characters."""
+    text = _ESCAPES.sub("", str(message))
+    text = "".join(ch if ch.isprintable() else " " for ch in text)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class BudgetplanError(Exception):
@@ -18,7 +34,7 @@ class BudgetplanError(Exception):
     exit_code: int = 2
 
     def __init__(self, message: str) -> None:
-        super().__init__(" ".join(str(message).split()))
+        super().__init__(one_line(message))
 
 
 class InputError(BudgetplanError):

@@ -8,10 +8,8 @@ A training script uses the same functions as the CLI::
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 from torch import nn
 
@@ -26,13 +24,7 @@ from budgetplan.emit.plan_file import plan_document
 from budgetplan.selection.planner import PlanResult, plan_update
 from budgetplan.targets import Target, resolve_budget, resolve_target
 from budgetplan.model.tracing import TraceMethod
-from budgetplan.model.update_set import (
-    UpdateSet,
-    from_patterns,
-    from_plan_json,
-    from_sparse_update_config,
-    split_patterns,
-)
+from budgetplan.model.update_set import UpdateSet, from_plan_json, resolve_update_spec
 
 
 
@@ -55,30 +47,12 @@ def inspect_model(
     return forward_report(mg.graph, device, model=mg.name, budget_bytes=budget)
 
 
-def resolve_update(model: nn.Module, spec: str | os.PathLike | UpdateSet | None) -> UpdateSet:
+def resolve_update(model: nn.Module, spec: str | os.PathLike | UpdateSet | list[str] | None) -> UpdateSet:
     """An update set from a spec: an :class:`UpdateSet`; a path to a plan JSON (with ``update[]``) or to a
-    tiny-training sparse-update config (JSON); or comma-separated patterns (``"layer4.*,*.bias"``,
-    ``"all"``, ``"fc.weight[0:8]"``). See docs/update-sets.md."""
-    if isinstance(spec, UpdateSet):
-        return spec.validated(model)
-    if spec is None:
-        return UpdateSet.full(model)
-    text = str(spec)
-    path = Path(text)
-    if text.endswith(".json") or path.is_file():
-        if not path.is_file():
-            raise InputError(f"update file not found: {text}")
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InputError(f"{text} is not a JSON update set: {exc}") from None
-        if isinstance(data, dict) and "update" in data:
-            return from_plan_json(data, model)
-        return from_sparse_update_config(data, model)
-    patterns = split_patterns(text)
-    if not patterns:
-        raise InputError("empty update spec; give patterns such as 'layer4.*,*.bias', 'all', or a JSON file")
-    return from_patterns(model, patterns)
+    tiny-training sparse-update config (JSON); comma-separated patterns (``"layer4.*,*.bias"``,
+    ``"all"``, ``"fc.weight[0:8]"``); or a list of these (their union). See docs/update-sets.md and
+    :func:`budgetplan.model.update_set.resolve_update_spec`."""
+    return resolve_update_spec(model, spec)
 
 
 def estimate_training(
@@ -253,14 +227,15 @@ def check_model(
 ) -> list[CheckItem]:
     """The checks of ``budgetplan check``: inference fits; a given plan still fits this model; at least
     ``min_update_pct`` % of the parameters can be trained within the budget."""
-    from budgetplan.emit.plan_file import check_fingerprint, read_plan
+    from budgetplan.emit.plan_file import check_fingerprint, expecting_plan_model, read_plan
 
     device = resolve_target(target)
     budget = resolve_budget(device, ram)
     document = read_plan(plan) if plan is not None else None
     group_size = int(document["model"].get("group_size", 1)) if document else 1
-    mg = trace_source(source, input_shape=input_shape, weights=weights, trust_pickle=trust_pickle, trace=trace,
-                      group_size=group_size)
+    with expecting_plan_model(document, plan or "", input_shape):  # "made for another model" before it runs
+        mg = trace_source(source, input_shape=input_shape, weights=weights, trust_pickle=trust_pickle,
+                          trace=trace, group_size=group_size)
     items: list[CheckItem] = []
     report = forward_report(mg.graph, device, model=mg.name, budget_bytes=budget)
     peak = report.totals.inference_peak_bytes

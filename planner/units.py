@@ -4,7 +4,13 @@ Sizes follow embedded practice: every prefix is binary. ``k``, ``K``, ``KB``, ``
 1024 bytes; ``M``/``MB``/``MiB`` mean 1024**2 bytes; ``G``/``GB``/``GiB`` 1024**3; ``T``/``TB``/``TiB``
 1024**4. Unit letters are case-insensitive (``256kib`` == ``256KiB``), a trailing ``B`` is optional, and
 spaces between number and unit are allowed. A size must come out as a positive whole number of bytes:
-``0.5M`` (524288 bytes) is accepted, ``0.3k`` (307.2 bytes) is rejected rather than rounded.
+``0.5M`` (524288 bytes) is accepted, ``0.3k`` (307.2 bytes) is rejected rather than rounded, and so is
+anything above :data:`MAX_BYTES` (256 TiB: no device has that much memory, and every byte count stays
+far inside a 64-bit integer).
+
+Shapes are positive integer dimensions, at most :data:`MAX_DIMS` of them, whose product (the element
+count) stays below 2**63; whether the memory of such an input is available is checked where the input
+would be allocated (:mod:`budgetplan.model.loading`).
 """
 
 from __future__ import annotations
@@ -14,7 +20,13 @@ from fractions import Fraction
 
 from budgetplan.errors import InputError
 
-__all__ = ["BYTE_UNITS", "format_bytes", "parse_bytes", "parse_shape"]
+__all__ = ["BYTE_UNITS", "MAX_BYTES", "MAX_DIMS", "format_bytes", "parse_bytes", "parse_shape"]
+
+MAX_BYTES = 2**48
+"""The largest size :func:`parse_bytes` accepts: 256 TiB."""
+MAX_DIMS = 16
+"""The most dimensions :func:`parse_shape` accepts."""
+_MAX_TEXT = 100  # characters of a size or shape worth parsing
 
 #: Multiplier in bytes for every accepted unit spelling (keys are lower-case).
 BYTE_UNITS: dict[str, int] = {
@@ -61,6 +73,8 @@ def parse_bytes(text: str) -> int:
     """
     if not isinstance(text, str):
         raise InputError(f"invalid size {text!r}: {_SIZE_HINT}")
+    if len(text) > _MAX_TEXT:
+        raise InputError(f"invalid size '{text[:_MAX_TEXT]}…': {len(text)} characters is not a size; {_SIZE_HINT}")
     match = _SIZE_RE.match(text)
     number = match.group("number") if match else ""
     if match is None or not any(ch.isdigit() for ch in number):
@@ -73,6 +87,9 @@ def parse_bytes(text: str) -> int:
         value = -value
     if value <= 0:
         raise InputError(f"invalid size '{text}': a size must be positive; {_SIZE_HINT}")
+    if value > MAX_BYTES:
+        raise InputError(f"invalid size '{text}': that is {float(value):.4g} bytes, more than any device has "
+                         f"(the limit is {MAX_BYTES:,} bytes, 256 TiB)")
     if value.denominator != 1:
         raise InputError(
             f"invalid size '{text}': that is {float(value):g} bytes, not a whole number of bytes; "
@@ -117,6 +134,8 @@ def parse_shape(text: str) -> tuple[int, ...]:
     """
     if not isinstance(text, str):
         raise InputError(f"invalid shape {text!r}: {_SHAPE_HINT}")
+    if len(text) > 4 * _MAX_TEXT:
+        raise InputError(f"invalid shape '{text[:_MAX_TEXT]}…': {len(text)} characters is not a shape; {_SHAPE_HINT}")
     inner = text.strip()
     if len(inner) >= 2 and (inner[0], inner[-1]) in {("(", ")"), ("[", "]")}:
         inner = inner[1:-1].strip()
@@ -136,4 +155,11 @@ def parse_shape(text: str) -> tuple[int, ...]:
                 f"invalid shape '{text}': dimension '{shown}' is not a positive integer; {_SHAPE_HINT}"
             )
         dims.append(int(part))
+    if len(dims) > MAX_DIMS:
+        raise InputError(f"invalid shape '{text}': {len(dims)} dimensions; at most {MAX_DIMS}")
+    numel = 1
+    for d in dims:
+        numel *= d
+    if numel >= 2**63:
+        raise InputError(f"invalid shape '{text}': {numel:.3g} elements, beyond a 64-bit count (overflow)")
     return tuple(dims)

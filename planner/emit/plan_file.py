@@ -6,21 +6,27 @@ nothing that varies between runs (solver wall time, dates, paths of temporary fi
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from torch import nn
 
 import budgetplan
 from budgetplan.errors import InputError
 from budgetplan.model.graph import LayerGraph
+from budgetplan.model.loading import checking_module
+from budgetplan.schemas import PLAN_FORMAT, PLAN_VERSION, read_document, validate_plan
 from budgetplan.targets import Target
 
 if TYPE_CHECKING:  # annotations only: reading a plan file needs neither the planner nor PuLP
     from budgetplan.selection.planner import PlanResult
 
-PLAN_FORMAT = "budgetplan-plan"
-PLAN_VERSION = 1
+__all__ = ["PLAN_FORMAT", "PLAN_VERSION", "check_fingerprint", "check_plan_input_shape", "check_plan_parameters",
+           "dumps_plan", "expecting_plan_model", "layer_summary", "model_fingerprint", "plan_document", "read_plan"]
 
 
 def model_fingerprint(graph: LayerGraph) -> str:
@@ -111,22 +117,14 @@ def dumps_plan(document: dict[str, Any]) -> str:
 
 
 def read_plan(path: str | Path) -> dict[str, Any]:
-    """Load and check a plan file; one-line :class:`InputError` for anything that is not one."""
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"plan file not found: {path}")
-    try:
-        document = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path} is not a JSON plan file: {exc}") from None
-    if not isinstance(document, dict) or document.get("format") != PLAN_FORMAT:
-        raise InputError(f"{path} is not a budgetplan plan file (no \"format\": \"{PLAN_FORMAT}\")")
-    if document.get("version") != PLAN_VERSION:
-        raise InputError(f"{path} is plan format version {document.get('version')}; this budgetplan reads "
-                         f"version {PLAN_VERSION}")
-    for key in ("model", "update", "target", "budget_bytes"):
-        if key not in document:
-            raise InputError(f"{path} has no '{key}'")
+    """Load a plan file and validate it against the plan schema (``budgetplan schema plan``).
+
+    One-line :class:`InputError` for anything that is not a version-1 plan: a missing or unreadable
+    file, a binary or oversized one, malformed or too deeply nested JSON, another format or version, a
+    field of the wrong type (``"reorder": "false"``), a value out of range.
+    """
+    document = read_document(path, "plan file")
+    validate_plan(document, str(path))
     return document
 
 
@@ -137,3 +135,56 @@ def check_fingerprint(document: dict[str, Any], graph: LayerGraph, path: str | P
     if expected != actual:
         raise InputError(f"{path} was made for another model (fingerprint {str(expected)[:19]}…, this model "
                          f"{actual[:19]}…); re-plan with budgetplan analyze")
+
+
+def _made_for_another_model(path: str | Path, why: str) -> InputError:
+    return InputError(f"{path} was made for another model ({why}); re-plan with budgetplan analyze")
+
+
+def check_plan_input_shape(document: dict[str, Any], path: str | Path, input_shape: Sequence[int] | None) -> None:
+    """Refuse an ``--input-shape`` other than the one the plan was priced for (part of its fingerprint)."""
+    shapes = list(document["model"]["input_shapes"].values())
+    if input_shape is not None and len(shapes) == 1 and tuple(shapes[0]) != tuple(input_shape):
+        fmt = "x".join
+        raise _made_for_another_model(path, f"input shape {fmt(map(str, input_shape))}, the plan's "
+                                            f"{fmt(map(str, shapes[0]))}")
+
+
+def check_plan_parameters(document: dict[str, Any], module: nn.Module, path: str | Path) -> None:
+    """Refuse a plan whose layers or trained parameters the model does not have, or has with another number
+    of output channels. Needs only the built module, so it runs before the model does (the full
+    :func:`check_fingerprint` needs the traced graph)."""
+    shapes = {name: tuple(p.shape) for name, p in module.named_parameters()}
+    group_size = document["model"]["group_size"]
+    for row in document["layers"]:
+        weight = row["weight"]
+        if weight not in shapes:
+            raise _made_for_another_model(path, f"its layer weight {weight!r} is not in this model")
+        shape = shapes[weight]
+        groups = -(-shape[0] // group_size) if shape else 0
+        if groups != row["groups_total"]:
+            raise _made_for_another_model(path, f"{weight!r} has {groups} neuron groups here, "
+                                                f"{row['groups_total']} in the plan")
+    for entry in document["update"]:
+        name, channels = entry["parameter"], entry["channels"]
+        if name not in shapes:
+            raise _made_for_another_model(path, f"it trains {name!r}, which this model does not have")
+        if channels and (not shapes[name] or max(channels) >= shapes[name][0]):
+            size = shapes[name][0] if shapes[name] else 0
+            raise _made_for_another_model(path, f"it trains channel {max(channels)} of {name!r}, which has "
+                                                f"{size} here")
+
+
+@contextlib.contextmanager
+def expecting_plan_model(document: dict[str, Any] | None, path: str | Path,
+                         input_shape: Sequence[int] | None = None) -> Iterator[None]:
+    """Around loading and tracing a model for a plan: refuse a plan made for another model *before* the
+    model runs (an input shape other than the plan's; layers or parameters the model does not have),
+    so that the message is "made for another model" and not whatever the model's forward says on an
+    input it was not made for. A no-op for ``document=None``."""
+    if document is None:
+        yield
+        return
+    check_plan_input_shape(document, path, input_shape)
+    with checking_module(lambda module: check_plan_parameters(document, module, path)):
+        yield

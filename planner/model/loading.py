@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import contextvars
 import difflib
 import importlib
 import io
 import json
 import logging
+import math
 import os
 import pickle
 import pickletools
@@ -38,7 +40,8 @@ import re
 import sys
 import warnings
 import zipfile
-from collections.abc import Iterator, Mapping, Sequence
+import zlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -46,11 +49,13 @@ import torch
 from torch import nn
 from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind, TensorArgument
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from budgetplan.model.compute import planning_compute
 from budgetplan.errors import BudgetplanError, InputError, ModelLoadError, first_line
 
-__all__ = ["ACCEPTED_FORMATS", "LoadedModel", "load_model"]
+__all__ = ["ACCEPTED_FORMATS", "LoadedModel", "checking_module", "load_model", "max_run_bytes"]
 
 ACCEPTED_FORMATS = (
     "accepted: an ExportedProgram .pt2 (torch.export.save), a TorchScript archive (torch.jit.save), "
@@ -266,10 +271,129 @@ def _pick_shape(
     return shape
 
 
+# ----- what running the model once may cost: checked before anything is allocated --------------------
+
+INT64_MAX = 2**63 - 1
+META_PASS_ABOVE = 1024 * 1024
+"""Input bytes above which the forward pass is first run on meta tensors to add up what it allocates
+(below, even a model that expands its input a thousandfold stays under a GiB)."""
+_RUN_BYTES_VARIABLE = "BUDGETPLAN_MAX_RUN_BYTES"
+
+
+def max_run_bytes() -> int:
+    """Most bytes loading may spend on running the model once: ``$BUDGETPLAN_MAX_RUN_BYTES`` (a size
+    such as ``64G``), else half of this machine's RAM (at least 1 GiB)."""
+    text = os.environ.get(_RUN_BYTES_VARIABLE)
+    if text:
+        from budgetplan.units import parse_bytes
+
+        try:
+            return parse_bytes(text)
+        except InputError as exc:
+            raise InputError(f"{_RUN_BYTES_VARIABLE}: {exc}") from None
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        ram = 16 * 1024**3
+    return max(ram // 2, 1024**3)
+
+
+def _limit_note(limit: int) -> str:
+    return (f"more than the {limit:,} bytes budgetplan lets one forward pass take here ({_RUN_BYTES_VARIABLE}, "
+            "default half the RAM); use a smaller --input-shape (memory scales with it)")
+
+
+def _check_input_size(shape: tuple[int, ...]) -> None:
+    """Refuse an input whose float32 example would overflow 64 bits or not fit the run limit."""
+    numel = math.prod(shape)
+    if numel * 4 > INT64_MAX:
+        raise InputError(f"input shape {_fmt(shape)} has {numel:.3g} elements; its float32 example would need "
+                         f"{numel * 4:.3g} bytes, beyond a 64-bit size")
+    limit = max_run_bytes()
+    if numel * 4 > limit:
+        raise InputError(f"input shape {_fmt(shape)} needs {numel * 4:,} bytes for its float32 example input, "
+                         f"{_limit_note(limit)}")
+
+
+class _OutputBytes(TorchDispatchMode):
+    """Adds up the bytes of every tensor an op returns (on meta tensors: nothing is allocated)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self.total += t.numel() * t.element_size()
+        return out
+
+
+def _forward_bytes_on_meta(module: nn.Module, shape: tuple[int, ...]) -> int | None:
+    """The bytes of every op output of one forward pass, summed (an upper bound of what running it needs),
+    from a pass on meta tensors; None when the model does not run on meta tensors (data-dependent code,
+    tensors created on the CPU inside ``forward``)."""
+    if isinstance(module, torch.jit.ScriptModule):
+        return None
+    from torch.func import functional_call
+
+    tensors = {**dict(module.named_parameters(remove_duplicate=False)),
+               **dict(module.named_buffers(remove_duplicate=False))}
+    meta = {name: t.detach().to("meta") for name, t in tensors.items()}
+    counter = _OutputBytes()
+    try:
+        with torch.no_grad(), _quiet(), counter:
+            functional_call(module, meta, (torch.empty(shape, device="meta"),), strict=False)
+    except Exception:
+        return None
+    return counter.total
+
+
+def _check_run_size(module: nn.Module, shape: tuple[int, ...]) -> None:
+    """Refuse, before anything is allocated, a shape whose forward pass would not fit the run limit."""
+    _check_input_size(shape)
+    if math.prod(shape) * 4 <= META_PASS_ABOVE:
+        return
+    need = _forward_bytes_on_meta(module, shape)
+    limit = max_run_bytes()
+    if need is not None and need > limit:
+        raise InputError(f"input shape {_fmt(shape)}: one forward pass creates {need:,} bytes of tensors, "
+                         f"{_limit_note(limit)}")
+
+
+def _check_parameter_sizes(module: nn.Module, what: str) -> None:
+    """Refuse a model with a zero-size parameter (``nn.Linear(16, 0)``): a layer without channels has
+    nothing to train and nothing to price."""
+    for name, p in module.named_parameters():
+        if p.numel() == 0:
+            raise InputError(f"{what}: parameter {name!r} has shape {list(p.shape)}, no elements (a zero-width "
+                             "layer); remove the layer or give it at least one channel")
+
+
 def _example_input(shape: tuple[int, ...]) -> torch.Tensor:
     """A seeded float32 ``randn`` tensor; the global RNG is not touched."""
+    _check_input_size(shape)
     generator = torch.Generator().manual_seed(EXAMPLE_SEED)
     return torch.randn(shape, generator=generator, dtype=torch.float32)
+
+
+# ----- checks of the caller's, on the built model before it runs -------------------------------------
+
+_MODULE_CHECKS: contextvars.ContextVar[tuple[Callable[[nn.Module], None], ...]] = contextvars.ContextVar(
+    "budgetplan_module_checks", default=())
+
+
+@contextlib.contextmanager
+def checking_module(check: Callable[[nn.Module], None]) -> Iterator[None]:
+    """Inside the block, :func:`load_model` calls ``check(module)`` on the model it built, before the model
+    runs (a plan reader refuses a plan made for another model before that model's forward can fail on an
+    input it was not made for)."""
+    token = _MODULE_CHECKS.set(_MODULE_CHECKS.get() + (check,))
+    try:
+        yield
+    finally:
+        _MODULE_CHECKS.reset(token)
 
 
 def _root_cause(exc: BaseException) -> BaseException:
@@ -299,7 +423,7 @@ def _check_forward(module: nn.Module, example: torch.Tensor, what: str) -> None:
     except (RuntimeError, ValueError, AssertionError, IndexError, TypeError) as exc:
         shape = _fmt(example.shape)
         raise InputError(f"input shape {shape} does not fit the model: {first_line(exc)}") from exc
-    except Exception as exc:  # the model's own code failed for another reason
+    except (Exception, SystemExit) as exc:  # the model's own code failed for another reason
         raise ModelLoadError(
             f"the model {what} failed on a {_fmt(example.shape)} input: "
             f"{type(exc).__name__}: {first_line(exc)}"
@@ -320,7 +444,12 @@ def _finish(
     shape: tuple[int, ...],
     exported: ExportedProgram | None = None,
 ) -> LoadedModel:
-    """Check ``shape`` against ``module`` and package the result."""
+    """Run the caller's checks (:func:`checking_module`), check ``shape`` against ``module`` (its size
+    first, then one forward pass) and package the result."""
+    for check in _MODULE_CHECKS.get():
+        check(module)
+    _check_parameter_sizes(module, source)
+    _check_run_size(module, shape)
     example = _example_input(shape)
     _check_forward(module, example, source)
     return LoadedModel(module, (example,), shape, kind, source, exported)
@@ -671,8 +800,11 @@ def _from_file(path: str, given: tuple[int, ...] | None, trust_pickle: bool) -> 
                 if kind == "torchscript":
                     return _load_torchscript(path, archive, given)
                 pickle_globals = _pickle_globals(io.BytesIO(archive.read("data.pkl") or b""))
-        except zipfile.BadZipFile as exc:
-            raise ModelLoadError(f"{path} is a damaged zip archive ({exc}); {ACCEPTED_FORMATS}") from exc
+        except (zipfile.BadZipFile, NotImplementedError, EOFError, zlib.error) as exc:
+            # what zipfile raises on a damaged archive: a bad header or CRC, an unknown zip version or
+            # compression method in a flipped byte, a cut-off or corrupt deflate stream
+            raise ModelLoadError(f"{path} is a damaged zip archive ({first_line(exc, with_type=True)}); "
+                                 f"{ACCEPTED_FORMATS}") from exc
         if kind == "aoti":
             raise ModelLoadError(f"{path} is an AOTInductor package (compiled code, no graph to plan); "
                                  "pass the .pt2 written by torch.export.save instead")
@@ -831,7 +963,7 @@ def _from_factory(spec: str, given: tuple[int, ...] | None, weights: str | os.Pa
         raise ModelLoadError(
             f"importing {module_name!r} for {spec} failed: ModuleNotFoundError: {first_line(exc)}"
         ) from exc
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a module that calls sys.exit() on import, too
         raise ModelLoadError(
             f"importing {module_name!r} for {spec} failed: {type(exc).__name__}: {first_line(exc)}"
         ) from exc
@@ -845,7 +977,7 @@ def _from_factory(spec: str, given: tuple[int, ...] | None, weights: str | os.Pa
     elif callable(target):
         try:
             model = target()
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # sys:exit is callable too
             raise ModelLoadError(f"{spec}() raised {type(exc).__name__}: {first_line(exc)}") from exc
     else:
         raise ModelLoadError(f"{spec} is a {type(target).__name__}, not a factory function or model class")

@@ -24,16 +24,18 @@ import difflib
 import fnmatch
 import json
 import math
+import os
 import re
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Union
 
 from torch import nn
 
 from budgetplan.errors import InputError
+from budgetplan.schemas import read_document, validate, validate_plan
 
 __all__ = [
     "ModelOrShapes",
@@ -42,7 +44,9 @@ __all__ = [
     "from_patterns",
     "from_plan_json",
     "from_sparse_update_config",
+    "looks_like_file",
     "named_shapes",
+    "resolve_update_spec",
     "split_patterns",
     "to_sparse_update_config",
 ]
@@ -95,10 +99,16 @@ def _check_indices(where: str, values: Any) -> tuple[int, ...]:
         out.append(v)
     if not out:
         raise InputError(f"{where}: empty channel list (leave the parameter out to freeze it)")
-    if len(set(out)) != len(out):
-        dups = sorted({v for v in out if out.count(v) > 1})
-        raise InputError(f"{where}: duplicate channel indices {dups}")
+    _refuse_duplicates(out, f"{where}: duplicate channel indices")
     return tuple(sorted(out))
+
+
+def _refuse_duplicates(values: Sequence[int], prefix: str) -> None:
+    """One-line error naming the first few repeated values (linear time)."""
+    if len(set(values)) != len(values):
+        dups = sorted(v for v, n in Counter(values).items() if n > 1)
+        shown = ", ".join(map(str, dups[:8])) + (f", ... ({len(dups)} in all)" if len(dups) > 8 else "")
+        raise InputError(f"{prefix} [{shown}]")
 
 
 @dataclass(frozen=True)
@@ -330,9 +340,7 @@ def _parse_selector(raw: str, selector: str, name: str, size: int) -> tuple[int,
                     f"(dim 0 has size {size}; pattern {raw!r})"
                 )
             out.append(idx)
-    if len(set(out)) != len(out):
-        dups = sorted({v for v in out if out.count(v) > 1})
-        raise InputError(f"update pattern {raw!r}: duplicate channel indices {dups}")
+    _refuse_duplicates(out, f"update pattern {raw!r}: duplicate channel indices")
     return tuple(sorted(out))
 
 
@@ -414,58 +422,128 @@ def from_patterns(model_or_named_shapes: ModelOrShapes, patterns: Sequence[str] 
 
 
 def _load_json(obj_or_path: Any, what: str) -> Any:
-    if isinstance(obj_or_path, (str, Path)):
-        path = Path(obj_or_path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise InputError(f"cannot read {what} {str(path)!r}: {exc.strerror or exc}") from None
-        if path.suffix.lower() in {".yaml", ".yml"}:
-            try:
-                import yaml  # type: ignore[import-untyped]
-            except ImportError:
-                raise InputError(
-                    f"{what} {str(path)!r} is YAML but PyYAML is not installed; convert it to JSON"
-                ) from None
-            try:
-                return yaml.safe_load(text)
-            except yaml.YAMLError as exc:
-                raise InputError(f"{what} {str(path)!r} is not valid YAML: {exc}") from None
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InputError(
-                f"{what} {str(path)!r} is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
-            ) from None
-    return obj_or_path
+    """A document from a path (read and parsed by :func:`budgetplan.schemas.read_document`: size, encoding,
+    depth; ``.yaml``/``.yml`` as YAML), or a Python object as plain JSON data (tuples become lists)."""
+    if isinstance(obj_or_path, (str, os.PathLike)):
+        return read_document(obj_or_path, what, yaml_suffixes=True)
+    try:
+        return json.loads(json.dumps(obj_or_path, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{what}: not plain JSON data ({exc})") from None
+    except RecursionError:
+        raise InputError(f"{what}: nested too deeply") from None
 
 
 def from_plan_json(obj_or_path: Any, model: ModelOrShapes) -> UpdateSet:
     """Read a plan's ``update`` list: ``[{"parameter": name, "channels": null | [i, ...]}, ...]``.
 
     ``obj_or_path`` is a path to a JSON file, the whole plan object (with an ``"update"`` key) or the bare
-    list. Extra keys in an entry are ignored (plans may annotate entries). Validated against ``model``.
+    list. A whole plan (``"format": "budgetplan-plan"``) is validated against the plan schema, anything
+    else against the update-set schema (``budgetplan schema update``). Extra keys in an entry are ignored
+    (plans may annotate entries). Validated against ``model``.
     """
-    obj = _load_json(obj_or_path, "plan file")
-    return UpdateSet.from_json(obj).validated(model)
+    where = os.fspath(obj_or_path) if isinstance(obj_or_path, (str, os.PathLike)) else "update set"
+    return _from_plan_data(_load_json(obj_or_path, "plan file"), model, where)
+
+
+# ---------------------------------------------------------------------------------------------------
+# A spec from the command line: patterns, files, or several of them
+# ---------------------------------------------------------------------------------------------------
+
+#: Suffixes that make an ``--update`` value a file name even when no such file exists.
+UPDATE_FILE_SUFFIXES = (".json", ".yaml", ".yml")
+
+
+def looks_like_file(text: str) -> bool:
+    """True when an ``--update`` value names a file: it has a path separator or a document suffix
+    (``.json``, ``.yaml``, ``.yml``), or a file of that name exists. Anything else is patterns, and is
+    never handed to the file system (a long comma-separated list is not a file name)."""
+    if "/" in text or os.sep in text or (os.altsep and os.altsep in text):
+        return True
+    if os.path.splitext(text)[1].lower() in UPDATE_FILE_SUFFIXES:
+        return True
+    if any(ch in text for ch in ",*?[") or len(text) > 255:
+        return False
+    try:
+        return os.path.isfile(text)
+    except (OSError, ValueError):
+        return False
+
+
+def read_update_file(path: str | os.PathLike, model: nn.Module) -> UpdateSet:
+    """An update-set file: a plan or ``{"update": [...]}`` (an object with an ``update`` key), else a
+    tiny-training sparse-update config. Each is validated by its schema."""
+    data = _load_json(path, "update file")
+    if isinstance(data, dict) and ("update" in data or "format" in data):
+        return _from_plan_data(data, model, os.fspath(path))
+    return from_sparse_update_config(data, model, where=os.fspath(path))
+
+
+def _from_plan_data(data: Any, model: ModelOrShapes, where: str) -> UpdateSet:
+    """A whole plan (validated by the plan schema) or an update list (the update-set schema)."""
+    if isinstance(data, list):
+        data = {"update": data}
+    if isinstance(data, dict) and "format" in data:
+        validate_plan(data, where)
+    else:
+        validate(data, "update", where)
+    return UpdateSet.from_json(data).validated(model)
+
+
+def union(sets: Iterable[UpdateSet]) -> UpdateSet:
+    """Every parameter any set trains; a whole tensor wins over channel subsets, subsets are united.
+    The result is unvalidated (call :meth:`UpdateSet.validated`)."""
+    whole: set[str] = set()
+    partial: dict[str, set[int]] = {}
+    order: dict[str, None] = {}
+    for us in sets:
+        for name, chans in us.entries.items():
+            order.setdefault(name, None)
+            if chans is None:
+                whole.add(name)
+            else:
+                partial.setdefault(name, set()).update(chans)
+    return UpdateSet({name: None if name in whole else tuple(sorted(partial[name])) for name in order})
+
+
+def resolve_update_spec(model: nn.Module, spec: Any) -> UpdateSet:
+    """An update set from what ``--update`` (given once or several times) or ``update=`` says.
+
+    ``spec`` is an :class:`UpdateSet`; None (everything trained); a path; a string — a shipped
+    tiny-training scheme ``tt:<model>/<label>``, a file when :func:`looks_like_file`, else comma-separated
+    patterns (``"layer4.*,*.bias"``, ``"all"``, ``"fc.weight[0:8]"``); or a list of these, which trains
+    their union. See docs/update-sets.md.
+    """
+    if isinstance(spec, UpdateSet):
+        return spec.validated(model)
+    if spec is None:
+        return UpdateSet.full(model)
+    specs = [spec] if isinstance(spec, (str, os.PathLike)) else list(spec)
+    if not specs:
+        raise InputError("empty update spec; give patterns such as 'layer4.*,*.bias', 'all', or a JSON file")
+    sets: list[UpdateSet] = []
+    for item in specs:
+        if isinstance(item, UpdateSet):
+            sets.append(item)
+        elif isinstance(item, str) and item.strip().lower().startswith("tt:"):  # a shipped tiny-training scheme
+            sets.append(from_sparse_update_config(item, model))
+        elif isinstance(item, os.PathLike) or (isinstance(item, str) and looks_like_file(item)):
+            sets.append(read_update_file(item, model))
+        elif isinstance(item, str):
+            patterns = split_patterns(item)
+            if not patterns:
+                raise InputError("empty update spec; give patterns such as 'layer4.*,*.bias', 'all', or a "
+                                 "JSON file")
+            sets.append(from_patterns(model, patterns))
+        else:
+            raise InputError(f"an update spec must be patterns, a file or an UpdateSet, got {type(item).__name__}")
+    return sets[0] if len(sets) == 1 else union(sets).validated(model)
 
 
 # ---------------------------------------------------------------------------------------------------
 # tiny-training sparse-update config
 # ---------------------------------------------------------------------------------------------------
 
-_SPARSE_KEYS = (
-    "n_bias_update",
-    "manual_weight_idx",
-    "n_weight_update",
-    "weight_update_ratio",
-    "pw1_weight_only",
-    "freeze_fc",
-    "enable_backward_config",
-    "weight_select_criteria",
-    "quantize_gradient",
-    "train_scale",
-)
 _STANDARD_RATIOS = (0.125, 0.25, 0.5)
 
 
@@ -520,69 +598,41 @@ def _param_names_of(prefix: str, module: nn.Module) -> list[str]:
     return [f"{prefix}.{n}" if prefix else n for n, _ in module.named_parameters(recurse=False)]
 
 
-def _as_int(key: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, str) and re.fullmatch(r"\d+", value.strip()):
-            return int(value)
-        raise InputError(f"sparse-update config: {key} must be an integer, got {value!r}")
-    return value
+# The helpers below read a config the schema has accepted (budgetplan schema config): they convert, and
+# check only what depends on the model or on several keys at once.
 
 
 def _flag(cfg: Mapping[str, Any], key: str) -> bool:
-    value = cfg.get(key, 0)
-    if value is None:
-        return False
-    if isinstance(value, bool) or (isinstance(value, int) and value in (0, 1)):
-        return bool(value)
-    raise InputError(f"sparse-update config: {key} must be 0 or 1, got {value!r}")
+    return bool(cfg.get(key) or 0)
 
 
-def _index_list(key: str, value: Any) -> list[int]:
+def _index_list(value: int | str | list[int]) -> list[int]:
+    """``[2, 3]``, ``"2-3"`` or ``3`` as a list of conv indices."""
     if isinstance(value, str):
-        parts = [p.strip() for p in value.split("-")]
-        if not all(re.fullmatch(r"\d+", p) for p in parts):
-            raise InputError(f"sparse-update config: {key} must be indices like '12-15-17', got {value!r}")
-        return [int(p) for p in parts]
-    if isinstance(value, int) and not isinstance(value, bool):
-        return [value]
-    if isinstance(value, Sequence):
-        return [_as_int(key, v) for v in value]
-    raise InputError(f"sparse-update config: {key} must be a list of integers, got {value!r}")
+        return [int(p) for p in value.split("-")]
+    return [value] if isinstance(value, int) else list(value)
 
 
-def _ratio_list(value: Any, n: int) -> list[float]:
+def _ratio_list(value: float | str | list[float] | None, n: int) -> list[float]:
     if value is None:
         return [1.0] * n
-    if isinstance(value, bool):
-        raise InputError(f"sparse-update config: weight_update_ratio must be numbers, got {value!r}")
-    if isinstance(value, (int, float)):
-        ratios: list[Any] = [value] * n
-    elif isinstance(value, str):
-        try:
-            ratios = [float(p) for p in value.split("-")]
-        except ValueError:
-            raise InputError(
-                f"sparse-update config: weight_update_ratio must look like '1-0.5-0.25', got {value!r}"
-            ) from None
-    elif isinstance(value, Sequence):
-        ratios = list(value)
+    if isinstance(value, str):
+        ratios = [float(p) for p in value.split("-")]
+    elif isinstance(value, list):
+        ratios = [float(r) for r in value]
     else:
-        raise InputError(f"sparse-update config: weight_update_ratio must be numbers, got {value!r}")
+        ratios = [float(value)] * n
     if len(ratios) != n:
         raise InputError(
             f"sparse-update config: weight_update_ratio has {len(ratios)} values for {n} weight layers"
         )
-    out: list[float] = []
     for r in ratios:
-        if isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r):
-            raise InputError(f"sparse-update config: weight_update_ratio values must be numbers, got {r!r}")
-        if r < 0 or (r > 1 and r != int(r)):
+        if r > 1 and r != int(r):
             raise InputError(
                 "sparse-update config: weight_update_ratio values must be in [0, 1] "
                 f"(or a whole channel count > 1), got {r!r}"
             )
-        out.append(float(r))
-    return out
+    return ratios
 
 
 def _n_channels(ratio: float, size: int, conv_name: str) -> int:
@@ -600,7 +650,7 @@ def _n_channels(ratio: float, size: int, conv_name: str) -> int:
     return count
 
 
-def from_sparse_update_config(obj_or_path: Any, model: nn.Module) -> UpdateSet:
+def from_sparse_update_config(obj_or_path: Any, model: nn.Module, *, where: str | None = None) -> UpdateSet:
     """Import tiny-training's sparse-update ("backward") config. Semantics (docs/update-sets.md):
 
     * conv layers = the model's ``nn.Conv2d`` modules in definition order, indexed from 0;
@@ -626,16 +676,13 @@ def from_sparse_update_config(obj_or_path: Any, model: nn.Module) -> UpdateSet:
         from budgetplan.model.tiny_training import scheme_path  # a shipped tiny-training scheme
 
         obj_or_path = scheme_path(obj_or_path)
+    if where is None:
+        path = isinstance(obj_or_path, (str, os.PathLike))
+        where = f"sparse-update config {os.fspath(obj_or_path)}" if path else "sparse-update config"
     cfg = _load_json(obj_or_path, "sparse-update config")
-    if isinstance(cfg, Mapping) and isinstance(cfg.get("backward_config"), Mapping):
+    validate(cfg, "config", where)  # types and keys: budgetplan schema config
+    if "backward_config" in cfg:
         cfg = cfg["backward_config"]
-    if not isinstance(cfg, Mapping):
-        raise InputError(f"sparse-update config must be an object, got {type(cfg).__name__}")
-    for key in cfg:
-        if key not in _SPARSE_KEYS:
-            near = difflib.get_close_matches(str(key), _SPARSE_KEYS, n=1)
-            hint = f" (did you mean {near[0]!r}?)" if near else f" (known: {', '.join(_SPARSE_KEYS)})"
-            raise InputError(f"sparse-update config: unknown key {key!r}{hint}")
     if "enable_backward_config" in cfg and not _flag(cfg, "enable_backward_config"):
         raise InputError(
             "sparse-update config: enable_backward_config is 0, which means full fine-tuning in "
@@ -648,10 +695,8 @@ def from_sparse_update_config(obj_or_path: Any, model: nn.Module) -> UpdateSet:
 
     convs = conv_layers(model)
     n_conv = len(convs)
-    if "n_bias_update" not in cfg or cfg["n_bias_update"] is None:
-        raise InputError("sparse-update config: n_bias_update is required (an integer or 'all')")
     nb_raw = cfg["n_bias_update"]
-    n_bias = n_conv if nb_raw == "all" else _as_int("n_bias_update", nb_raw)
+    n_bias = n_conv if nb_raw == "all" else nb_raw
     if not 0 <= n_bias <= n_conv:
         raise InputError(
             f"sparse-update config: n_bias_update={n_bias} but the model has {n_conv} Conv2d layers"
@@ -659,10 +704,10 @@ def from_sparse_update_config(obj_or_path: Any, model: nn.Module) -> UpdateSet:
     first_bias = n_conv - n_bias
 
     if cfg.get("manual_weight_idx") is not None:
-        weight_idx = _index_list("manual_weight_idx", cfg["manual_weight_idx"])
+        weight_idx = _index_list(cfg["manual_weight_idx"])
     elif cfg.get("n_weight_update") is not None:
         nw_raw = cfg["n_weight_update"]
-        n_weight = n_bias if nw_raw == "all" else _as_int("n_weight_update", nw_raw)
+        n_weight = n_bias if nw_raw == "all" else nw_raw
         if not 0 <= n_weight <= n_conv:
             raise InputError(
                 f"sparse-update config: n_weight_update={n_weight} but the model has {n_conv} Conv2d layers"

@@ -222,15 +222,16 @@ def build_device_step(
     """
     import budgetplan
     from budgetplan.model.source import trace_source
-    from budgetplan.emit.plan_file import check_fingerprint, read_plan
+    from budgetplan.emit.plan_file import check_fingerprint, expecting_plan_model, read_plan
 
     document = read_plan(plan)
     shapes_in_plan = list((document.get("model") or {}).get("input_shapes", {}).values())
     if input_shape is None and len(shapes_in_plan) == 1:
         input_shape = tuple(int(d) for d in shapes_in_plan[0])
     group_size = int((document.get("model") or {}).get("group_size", 1) or 1)
-    mg = trace_source(source, input_shape=input_shape, weights=weights, trust_pickle=trust_pickle,
-                      trace=trace, group_size=group_size)  # type: ignore[arg-type]
+    with expecting_plan_model(document, plan, input_shape):  # "made for another model" before the model runs
+        mg = trace_source(source, input_shape=input_shape, weights=weights, trust_pickle=trust_pickle,
+                          trace=trace, group_size=group_size)  # type: ignore[arg-type]
     check_fingerprint(document, mg.graph, plan)
     module = mg.loaded.module
     inputs = tuple(mg.loaded.example_inputs)

@@ -15,6 +15,7 @@ or to one score for the whole parameter (a number, or a 0-d tensor). Two formats
 from __future__ import annotations
 
 import copy
+import io
 import json
 import math
 import os
@@ -27,6 +28,7 @@ import torch
 from torch import nn
 
 from budgetplan.errors import InputError, first_line
+from budgetplan.schemas import read_bytes, read_document, validate
 from budgetplan.model.graph import LayerGraph
 from budgetplan.model.graph import parameter_groups
 
@@ -97,34 +99,49 @@ def _score_value(name: str, value: object, where: str) -> list[float] | float:
     return numbers[0] if isinstance(value, (int, float)) else numbers
 
 
+def _plain(name: object, value: object, where: str) -> object:
+    """A tensor file's entry as JSON data (a number or a list), for the scores schema."""
+    if isinstance(value, torch.Tensor):
+        if value.dim() > 1 or value.is_complex() or value.dtype == torch.bool:
+            raise InputError(f"{where}: scores for '{name}' must be a real number or a 1-D tensor, got "
+                             f"{value.dtype} of shape {list(value.shape)}")
+        return value.detach().double().tolist()
+    return value
+
+
 def load_scores(path: str | os.PathLike) -> Scores:
     """Read a scores file (``.json``, or ``.pt``/``.pth`` written by :func:`save_scores` or ``torch.save``
-    of a dict of tensors). Bad files raise a one-line :class:`InputError`; names are checked against the
-    model later, by the planner."""
+    of a dict of tensors) and validate it against the scores schema (``budgetplan schema scores``). Bad
+    files raise a one-line :class:`InputError`; names are checked against the model later, by the
+    planner."""
     where = str(path)
-    file = Path(path)
-    if not file.is_file():
-        raise InputError(f"scores file not found: {where}")
-    if file.suffix.lower() in TENSOR_SUFFIXES:
+    if Path(path).suffix.lower() in TENSOR_SUFFIXES:
+        blob = read_bytes(path, "scores file")
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # torch's protocol-version notice for foreign pickles
-                data = torch.load(file, map_location="cpu", weights_only=True)
+                data = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
-            first = first_line(exc)
-            raise InputError(f"{where} is not a plain tensor file (refused to run code from it: {first})") from None
-        except (OSError, RuntimeError, EOFError, ValueError) as exc:
-            raise InputError(f"{where} is not a torch.save file: {first_line(exc)}") from None
+            raise InputError(f"{where} is not a plain tensor file (refused to run code from it: "
+                             f"{first_line(exc)})") from None
+        except Exception as exc:  # a damaged or foreign file: torch raises many kinds
+            raise InputError(f"{where} is not a torch.save file: {first_line(exc, with_type=True)}") from None
+        if isinstance(data, Mapping):
+            if not all(isinstance(k, str) for k in data):
+                raise InputError(f"{where}: scores must map parameter names (strings) to scores")
+            data = {name: _plain(name, value, where) for name, value in data.items()}
+        elif isinstance(data, torch.Tensor):
+            raise InputError(f"{where}: scores must map parameter names to scores, got a single tensor")
     else:
-        try:
-            data = json.loads(file.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InputError(f"{where} is not a JSON scores file: {exc}") from None
-    if not isinstance(data, Mapping) or not all(isinstance(k, str) for k in data):
-        raise InputError(f"{where}: scores must map parameter names to scores")
-    if not data:
-        raise InputError(f"{where}: the scores file is empty")
-    return {name: _score_value(name, value, where) for name, value in data.items()}
+        data = read_document(path, "scores file")
+    validate(data, "scores", where)
+    scores: Scores = {}
+    for name, value in data.items():
+        numbers = value if isinstance(value, list) else [value]
+        if not all(math.isfinite(v) for v in numbers):
+            raise InputError(f"{where}: scores for '{name}' contain NaN or infinity")
+        scores[name] = [float(v) for v in value] if isinstance(value, list) else float(value)
+    return scores
 
 
 def save_scores(scores: Mapping[str, "list[float] | float"], path: str | os.PathLike, *,

@@ -585,7 +585,7 @@ ANALYZE_BAD = [
     pytest.param(["--objective", "{tmp}/typo_scores.json"], ["unknown parameter 'fc.wieght'"], id="scores-param"),
     pytest.param(["--objective", "{tmp}/short_scores.json"], ["fc.weight", "3 entries", "10 groups"],
                  id="scores-length"),
-    pytest.param(["--objective", "{tmp}/broken.json"], ["broken.json", "not a JSON scores file"],
+    pytest.param(["--objective", "{tmp}/broken.json"], ["broken.json", "is not valid JSON"],
                  id="scores-broken"),
     pytest.param(["--solver", "gurobi"], ["unknown solver 'gurobi'", "cbc"], id="solver"),
     pytest.param(["--strategy", "config:{tmp}/missing.json"], ["missing.json"], id="config-missing"),
@@ -600,7 +600,7 @@ ANALYZE_BAD = [
 CHECK_BAD = [
     pytest.param(["--plan", "{tmp}/missing.json"], ["plan file not found"], id="plan-missing"),
     pytest.param(["--plan", "{tmp}/not_a_plan.json"], ["not a budgetplan plan file"], id="not-a-plan"),
-    pytest.param(["--plan", "{tmp}/broken.json"], ["broken.json", "not a JSON plan file"], id="plan-broken"),
+    pytest.param(["--plan", "{tmp}/broken.json"], ["broken.json", "is not valid JSON"], id="plan-broken"),
     pytest.param(["--min-update", "150"], ["--min-update", "[0, 100]"], id="min-update-range"),
     pytest.param(["--junit", "{tmp}/exists.json"], ["exists.json", "--force"], id="junit-exists"),
 ]

@@ -608,10 +608,10 @@ BAD_INPUTS = [
     pytest.param(["--optimizer", "adamw"], ["unknown optimizer 'adamw'", "sgd, sgd-momentum, adam"],
                  id="unknown-optimizer"),
     pytest.param(["-u", "{tmp}/missing.json"], ["update file not found", "missing.json"], id="missing-file"),
-    pytest.param(["-u", "{tmp}/broken.json"], ["broken.json", "not a JSON update set"], id="malformed-json"),
+    pytest.param(["-u", "{tmp}/broken.json"], ["broken.json", "is not valid JSON"], id="malformed-json"),
     pytest.param(["-u", "{tmp}/unknown_param.json"], ["unknown parameter 'fc.wieght'", "nearest: fc.weight"],
                  id="plan-unknown-parameter"),
-    pytest.param(["-u", "{tmp}/typo_config.json"], ["freez_fc", "did you mean 'freeze_fc'"],
+    pytest.param(["-u", "{tmp}/typo_config.json"], ["freez_fc", 'did you mean "freeze_fc"'],
                  id="sparse-config-typo"),
     pytest.param(["--trace", "bogus"], ["bogus", "auto, fx or export"], id="trace-bogus"),
     pytest.param(["--input-shape", "1x4x32x32"], ["1x4x32x32"], id="shape-wrong-channels"),
@@ -815,6 +815,8 @@ def test_cli_doc_synopsis_lists_every_long_option() -> None:
     group = typer.main.get_command(app)
     assert {"estimate", "measure"} <= set(group.commands)
     for name, command in group.commands.items():
+        if command.hidden:  # a deprecated alias (compile = export) is not documented on its own
+            continue
         assert name in entries, name
         words = set(re.findall(r"--[a-z-]+", entries[name]))
         longs = {opt for p in command.params for opt in p.opts if opt.startswith("--")} - {"--help"}

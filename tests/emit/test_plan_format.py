@@ -1,9 +1,10 @@
 """The plan file (docs/plan-format.md) and the CI gate (docs/ci.md) stay true.
 
-* The JSON Schema is read **from the doc** and applied with a small validator of the subset it uses;
-  real plans (an optimal ILP plan, an infeasible one, a greedy plan with group size 4, a fixed plan on
-  the host) validate, broken documents do not. The doc's field tables list exactly the document's keys,
-  in order.
+* The JSON Schema is the file shipped in the package (``budgetplan schema plan`` prints it; the doc
+  links it) and is applied with jsonschema's reference validator: every plan ``analyze`` writes
+  (strategies, targets, optimizers, options) validates and reads back, broken documents do not, and
+  ``read_plan`` refuses each of them in one line. The doc's field tables list exactly the document's
+  keys, in order.
 * ``analyze --out`` twice gives byte-identical files, with no wall-clock time in them, and the HTML it
   writes beside them is ``render_html`` of that plan file.
 * Every ``budgetplan ...`` command line in docs/ci.md uses only commands and options that exist (read
@@ -20,13 +21,17 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import typer
 from typer.testing import CliRunner
 
 from budgetplan.cli import app
+from budgetplan.emit.plan_file import read_plan
+from budgetplan.errors import InputError
 from budgetplan.pipeline import analyze_model
 from budgetplan.emit.report_html import render_html
+from budgetplan.schemas import is_valid, load_schema
 
 ROOT = Path(__file__).resolve().parents[2]
 PLAN_DOC = ROOT / "docs" / "plan-format.md"
@@ -36,122 +41,50 @@ KINDS = ("activations", "weights", "gradients", "optimizer", "other")
 
 
 # --------------------------------------------------------------------------------------------------
-# the schema, from the doc, and a validator of the subset it uses
+# the schema: shipped in the package, printed by `budgetplan schema plan`, linked from the doc
 # --------------------------------------------------------------------------------------------------
 
-ASSERTIONS = {"type", "required", "properties", "additionalProperties", "items", "enum", "minimum", "pattern",
-              "$ref"}
-ANNOTATIONS = {"$schema", "$id", "title", "description", "$defs"}
+
+def plan_schema() -> dict[str, Any]:
+    return load_schema("plan")
 
 
-def doc_schema() -> dict[str, Any]:
-    blocks = re.findall(r"```json\n(.*?)```", PLAN_DOC.read_text(encoding="utf-8"), re.DOTALL)
-    (schema,) = [json.loads(b) for b in blocks if '"$schema"' in b]
-    return schema
+def reference_errors(document: Any) -> list[str]:
+    """The errors of the reference implementation (jsonschema's draft 2020-12 validator, without the
+    fast paths budgetplan.schemas adds for long integer arrays)."""
+    return [e.message for e in jsonschema.Draft202012Validator(plan_schema()).iter_errors(document)]
 
 
 def doc_example() -> dict[str, Any]:
     blocks = re.findall(r"```json\n(.*?)```", PLAN_DOC.read_text(encoding="utf-8"), re.DOTALL)
-    (example,) = [json.loads(b) for b in blocks if '"$schema"' not in b]
+    (example,) = [json.loads(b) for b in blocks if '"format": "budgetplan-plan"' in b]
     return example
 
 
-def _is_type(value: Any, name: str) -> bool:
-    if name == "null":
-        return value is None
-    if name == "boolean":
-        return isinstance(value, bool)
-    if name == "integer":
-        return (isinstance(value, int) and not isinstance(value, bool)) or (
-            isinstance(value, float) and value.is_integer())
-    if name == "number":
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if name == "string":
-        return isinstance(value, str)
-    if name == "array":
-        return isinstance(value, list)
-    if name == "object":
-        return isinstance(value, dict)
-    raise AssertionError(f"unknown type {name!r} in the schema")
+def test_the_doc_links_the_one_shipped_schema() -> None:
+    text = PLAN_DOC.read_text(encoding="utf-8")
+    assert "planner/schemas/plan.schema.json" in text and "budgetplan schema plan" in text
+    blocks = re.findall(r"```json\n(.*?)```", text, re.DOTALL)
+    assert not any('"$schema"' in b for b in blocks), "the doc must link the schema file, not hold a copy"
+    shipped = ROOT / "planner" / "schemas" / "plan.schema.json"
+    printed = invoke("schema", "plan")
+    assert printed.exit_code == 0 and printed.stdout == shipped.read_text(encoding="utf-8")
+    jsonschema.Draft202012Validator.check_schema(plan_schema())
 
 
-def _same(a: Any, b: Any) -> bool:
-    """JSON equality (true is not 1)."""
-    return isinstance(a, bool) == isinstance(b, bool) and a == b
-
-
-def validate(instance: Any, schema: dict[str, Any], root: dict[str, Any], path: str = "$") -> list[str]:
-    """Errors of ``instance`` against ``schema`` (JSON Schema 2020-12, the subset in ASSERTIONS)."""
-    errors: list[str] = []
-    if "$ref" in schema:
-        ref = schema["$ref"]
-        assert ref.startswith("#/"), f"only local $refs are supported, got {ref}"
-        target: Any = root
-        for part in ref[2:].split("/"):
-            target = target[part]
-        errors += validate(instance, target, root, path)
-    if "type" in schema:
-        types = [schema["type"]] if isinstance(schema["type"], str) else schema["type"]
-        if not any(_is_type(instance, t) for t in types):
-            return errors + [f"{path}: expected {'/'.join(types)}, got {json.dumps(instance)[:40]}"]
-    if "enum" in schema and not any(_same(instance, e) for e in schema["enum"]):
-        errors.append(f"{path}: {instance!r} is not one of {schema['enum']}")
-    if "minimum" in schema and _is_type(instance, "number") and instance < schema["minimum"]:
-        errors.append(f"{path}: {instance} < minimum {schema['minimum']}")
-    if "pattern" in schema and isinstance(instance, str) and not re.search(schema["pattern"], instance):
-        errors.append(f"{path}: {instance!r} does not match {schema['pattern']}")
-    if isinstance(instance, dict):
-        errors += [f"{path}: '{key}' is required" for key in schema.get("required", []) if key not in instance]
-        properties = schema.get("properties", {})
-        for key, value in instance.items():
-            if key in properties:
-                errors += validate(value, properties[key], root, f"{path}.{key}")
-            elif schema.get("additionalProperties") is False:
-                errors.append(f"{path}: unexpected '{key}'")
-            elif isinstance(schema.get("additionalProperties"), dict):
-                errors += validate(value, schema["additionalProperties"], root, f"{path}.{key}")
-    if isinstance(instance, list) and "items" in schema:
-        for i, item in enumerate(instance):
-            errors += validate(item, schema["items"], root, f"{path}[{i}]")
-    return errors
-
-
-def _keywords(schema: Any, in_properties: bool = False) -> set[str]:
-    """Every keyword used anywhere in the schema (property names excluded)."""
-    found: set[str] = set()
-    if isinstance(schema, dict):
-        for key, value in schema.items():
-            if not in_properties:
-                found.add(key)
-            found |= _keywords(value, in_properties=key in ("properties", "$defs") and not in_properties)
-    elif isinstance(schema, list):
-        for item in schema:
-            found |= _keywords(item)
-    return found
-
-
-def test_the_doc_schema_uses_only_what_the_validator_checks() -> None:
-    schema = doc_schema()
-    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
-    unknown = _keywords(schema) - ASSERTIONS - ANNOTATIONS
-    assert not unknown, f"the validator would silently ignore {unknown}"
-    # the enums are budgetplan's own lists
+def test_the_schema_enums_are_budgetplans_own_lists() -> None:
     from budgetplan.pricing.host.exact import OPTIMIZERS
     from budgetplan.selection.solver import STATUSES
     from budgetplan.selection.planner import STRATEGIES, SCORE_KINDS
     from budgetplan.targets import FAMILIES
 
-    props = schema["properties"]
+    props = plan_schema()["properties"]
+    (solver,) = [branch for branch in props["solver"]["anyOf"] if branch.get("type") == "object"]
     assert set(props["optimizer"]["enum"]) == set(OPTIMIZERS)
-    assert set(props["solver"]["properties"]["status"]["enum"]) == set(STATUSES)
+    assert set(solver["properties"]["status"]["enum"]) == set(STATUSES)
     assert set(props["strategy"]["enum"]) == set(STRATEGIES) | {"config"}
     assert set(props["scores"]["enum"]) == set(SCORE_KINDS) | {"user", "-"}
     assert set(props["target"]["properties"]["family"]["enum"]) == set(FAMILIES)
-    try:  # a second opinion when the reference implementation happens to be installed (not a dependency)
-        import jsonschema
-    except ImportError:
-        return
-    jsonschema.Draft202012Validator.check_schema(schema)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -204,18 +137,51 @@ def test_the_html_report_is_the_plan_file_rendered(cli_plans: tuple[Path, Path, 
     assert page.read_text(encoding="utf-8") == render_html(json.loads(first.read_text(encoding="utf-8")))
 
 
-def test_real_plans_validate_against_the_doc_schema(plans: dict[str, dict[str, Any]]) -> None:
-    schema = doc_schema()
+def test_real_plans_validate_against_the_schema(plans: dict[str, dict[str, Any]]) -> None:
     for name, document in plans.items():
-        assert validate(document, schema, schema) == [], name
+        assert reference_errors(document) == [], name
+        assert is_valid(document, "plan"), name
     # the plans cover both states of every nullable field
     assert plans["ilp"]["solver"]["status"] == "optimal" and plans["ilp"]["bound_peak_bytes"] is not None
     assert plans["infeasible"]["solver"]["status"] == "infeasible"
     assert plans["infeasible"]["solver"]["objective"] is None and plans["infeasible"]["solver"]["gap"] is None
     assert plans["greedy-g4"]["solver"] is None and plans["greedy-g4"]["bound_peak_bytes"] is not None
     assert plans["host-full"]["solver"] is None and plans["host-full"]["bound_peak_bytes"] is None
-    assert any(u["channels"] is None for u in plans["ilp"]["update"])
-    assert any(u["channels"] is not None for u in plans["ilp"]["update"])
+    assert any(u["channels"] is None for document in plans.values() for u in document["update"])
+    # (a channel list validates in test_every_plan_analyze_writes_validates_and_reads_back and test_schemas)
+
+
+ROUND_TRIPS = [
+    ["--target", "cortex-m7", "--ram", "64k"],
+    ["--target", "cortex-m7", "--ram", "64k", "--strategy", "greedy", "--group-size", "3"],
+    ["--target", "cortex-m7", "--ram", "64k", "--strategy", "random", "--seed", "5", "--no-reorder"],
+    ["--target", "cortex-m4", "--ram", "96k", "--strategy", "bias-only", "--optimizer", "adam"],
+    ["--target", "cortex-m7", "--ram", "128k", "--strategy", "last-k", "--last-k", "2"],
+    ["--target", "cortex-m7", "--ram", "8k"],  # nothing fits: exit 1, the plan is written anyway
+    ["--target", "host", "--ram", "1M", "--strategy", "full", "--optimizer", "sgd-momentum"],
+    ["--target", "host", "--ram", "512k", "--objective", "uniform"],
+    ["--target", "raspberry-pi-4", "--ram", "2M", "--max-flops", "9000000"],
+    ["--target", "cortex-m55", "--ram", "48k", "--strategy", "config:{sparse}"],
+]
+
+
+def test_every_plan_analyze_writes_validates_and_reads_back(tmp_path: Path) -> None:
+    """The round trip: each `analyze --out` file validates (reference validator) and `read_plan` and
+    `check --plan` accept it."""
+    sparse = tmp_path / "sparse.json"
+    sparse.write_text(json.dumps({"n_bias_update": 2, "manual_weight_idx": [2], "weight_update_ratio": [0.5]}))
+    for i, args in enumerate(ROUND_TRIPS):
+        out = tmp_path / f"plan{i}.json"
+        argv = [a.format(sparse=sparse) for a in args]
+        result = invoke("analyze", "tinycnn", *argv, "--out", str(out))
+        assert result.exit_code in (0, 1), (argv, result.output)
+        document = json.loads(out.read_text(encoding="utf-8"))
+        assert reference_errors(document) == [], (argv, reference_errors(document)[:3])
+        assert read_plan(out) == document
+        target = argv[argv.index("--target") + 1]
+        checked = invoke("check", "tinycnn", "--target", target, "--ram", "4M", "--plan", str(out))
+        assert checked.exit_code in (0, 1), (argv, checked.output)
+        assert "PASS plan" in checked.stdout or "FAIL plan" in checked.stdout, checked.stdout
 
 
 def test_what_the_schema_cannot_say(plans: dict[str, dict[str, Any]]) -> None:
@@ -263,7 +229,20 @@ def _broken(document: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     case("another format", lambda d: d.update(format="other-plan"))
     case("peak null", lambda d: d.update(peak_bytes=None))
     case("negative live bytes", lambda d: d["timeline"][0].update(live_bytes=-1))
-    case("unknown phase", lambda d: d["timeline"][-1].update(phase="update"))
+    case("unknown phase", lambda d: d["timeline"][-1].update(phase="idle"))
+    case("reorder as text", lambda d: d.update(reorder="false"))
+    case("reorder as 0", lambda d: d.update(reorder=0))
+    case("in-place option as text", lambda d: d.update(inplace="false"))
+    case("fused-update option as 1", lambda d: d.update(fuse_update=1))
+    case("model a list", lambda d: d.update(model=[1]))
+    case("group size as text", lambda d: d["model"].update(group_size="abc"))
+    case("group size true", lambda d: d["model"].update(group_size=True))
+    case("duplicate channels", lambda d: d["update"][0].update(channels=[0, 1, 1]))
+    case("empty channel list", lambda d: d["update"][0].update(channels=[]))
+    case("channel true", lambda d: d["update"][0].update(channels=[True]))
+    case("update entry without channels", lambda d: d["update"][0].pop("channels"))
+    case("budget beyond int64", lambda d: d.update(budget_bytes=2**64))
+    case("input shape with a 0", lambda d: d["model"]["input_shapes"].update(x=[1, 0, 32, 32]))
     case("timeline point without kinds", lambda d: d["timeline"][0].pop("gradients"))
     case("channels 'all'", lambda d: d["update"][0].update(channels="all"))
     case("channel -1", lambda d: d["update"][-1].update(channels=[-1]))
@@ -281,22 +260,27 @@ def _broken(document: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return cases
 
 
-def test_the_schema_rejects_broken_documents(plans: dict[str, dict[str, Any]]) -> None:
-    schema = doc_schema()
+def test_the_schema_rejects_broken_documents(plans: dict[str, dict[str, Any]], tmp_path: Path) -> None:
     document = plans["ilp"]
     cases = _broken(document)
     assert len(cases) > len(document) + 20
+    path = tmp_path / "broken.json"
     for label, broken in cases:
-        assert validate(broken, schema, schema), f"the schema accepted a document with {label}"
+        assert reference_errors(broken), f"the schema accepted a document with {label}"
+        assert not is_valid(broken, "plan"), f"budgetplan's validator accepted a document with {label}"
+        path.write_text(json.dumps(broken), encoding="utf-8")
+        with pytest.raises(InputError) as info:
+            read_plan(path)
+        assert str(path) in str(info.value) and "\n" not in str(info.value), label
     # and what the format allows: extra fields (versioning rule), nulls where documented
     extra = copy.deepcopy(document)
     extra["future_field"] = {"anything": 1}
     extra["layers"][0]["annotation"] = "ok"
-    assert validate(extra, schema, schema) == []
+    assert reference_errors(extra) == [] and is_valid(extra, "plan")
     nullable = copy.deepcopy(document)
     nullable.update(solver=None, bound_peak_bytes=None)
     nullable["update"][0]["channels"] = None
-    assert validate(nullable, schema, schema) == []
+    assert reference_errors(nullable) == [] and is_valid(nullable, "plan")
 
 
 def _documented_fields(section: str) -> list[str]:
@@ -324,15 +308,18 @@ def test_the_field_tables_list_every_key_in_order(plans: dict[str, dict[str, Any
     for title, keys in expected.items():
         assert _documented_fields(sections[title]) == keys, title
     assert list(d["memory_at_peak"]) == list(d["memory"])
-    # every key of the schema's properties is a documented field, and vice versa
-    schema = doc_schema()
-    assert list(schema["properties"]) == list(d) == schema["required"]
+    # the schema requires every field the plans have, in order; its other properties are the runtime
+    # options later releases record next to `reorder` (booleans when present)
+    schema = plan_schema()
+    assert schema["required"] == [k for k in d if k in schema["required"]]
+    assert set(d) <= set(schema["properties"])
+    for extra in set(schema["properties"]) - set(schema["required"]):
+        assert schema["properties"][extra] == {"type": "boolean"}, extra
 
 
 def test_the_doc_example_has_the_shape_of_a_fresh_plan(plans: dict[str, dict[str, Any]]) -> None:
     example, actual = doc_example(), plans["ilp"]
-    schema = doc_schema()
-    assert validate(example, schema, schema) == []
+    assert reference_errors(example) == []
 
     def shape(value: Any) -> Any:
         if isinstance(value, dict):

@@ -612,3 +612,118 @@ def test_bad_zoo_width_keeps_the_zoo_message() -> None:
 def test_empty_source() -> None:
     with pytest.raises(InputError):
         load_model("  ")
+
+
+# --------------------------------------------------------------------------------------------------
+# Sizes checked before anything is allocated, zero-width layers, the callers' checks (issue 12)
+# --------------------------------------------------------------------------------------------------
+
+
+class _Upsampler(nn.Module):
+    """A small input that becomes a large tensor: only a pass on meta tensors can tell."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 64, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(nn.functional.interpolate(x, scale_factor=16))
+
+
+def test_input_bytes_over_the_run_limit_are_refused_before_allocation(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BUDGETPLAN_MAX_RUN_BYTES", "1M")
+    with pytest.raises(InputError) as err:
+        load_model(nn.Linear(4, 2), input_shape=(1000, 1000))
+    assert "needs 4,000,000 bytes for its float32 example input" in one_line(err)
+    assert "1,048,576 bytes" in one_line(err)
+
+
+def test_a_forward_pass_over_the_run_limit_is_refused_from_its_meta_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BUDGETPLAN_MAX_RUN_BYTES", "64M")
+    model = _Upsampler()
+    # 1x3x128x128 is 196,608 input bytes (no meta pass); 1x3x512x512 (3 MiB) gets one: the upsampled
+    # 1x3x8192x8192 and the conv's 1x64x8192x8192 outputs are 17.2 GB
+    assert load_model(model, input_shape=(1, 3, 16, 16)).input_shape == (1, 3, 16, 16)
+    with pytest.raises(InputError) as err:
+        load_model(model, input_shape=(1, 3, 512, 512))
+    expected = 4 * (3 * 512 * 512 + 3 * 8192 * 8192 + 64 * 8192 * 8192)  # with the input itself
+    assert f"one forward pass creates {expected:,} bytes of tensors" in one_line(err)
+
+
+def test_models_the_meta_pass_cannot_run_are_loaded_as_before(monkeypatch: pytest.MonkeyPatch) -> None:
+    class DataDependent(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(600, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x) * float(x.sum() > 0)  # .item() on a meta tensor fails
+
+    loaded = load_model(DataDependent(), input_shape=(600, 600))  # 1.4 MB input: a meta pass, which fails
+    assert loaded.input_shape == (600, 600)
+
+
+def test_max_run_bytes_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from budgetplan.model.loading import max_run_bytes
+
+    monkeypatch.setenv("BUDGETPLAN_MAX_RUN_BYTES", "3G")
+    assert max_run_bytes() == 3 * 1024**3
+    monkeypatch.setenv("BUDGETPLAN_MAX_RUN_BYTES", "lots")
+    with pytest.raises(InputError, match="BUDGETPLAN_MAX_RUN_BYTES: invalid size 'lots'"):
+        max_run_bytes()
+    monkeypatch.delenv("BUDGETPLAN_MAX_RUN_BYTES")
+    assert max_run_bytes() >= 1024**3
+
+
+@pytest.mark.parametrize("layer", [nn.Linear(16, 0), nn.Conv2d(3, 0, 3)], ids=repr)
+def test_zero_size_parameters_are_refused(layer: nn.Module) -> None:
+    shape = (1, 3, 8, 8) if isinstance(layer, nn.Conv2d) else (1, layer.in_features)
+    with pytest.raises(InputError) as err:
+        load_model(nn.Sequential(layer), input_shape=shape)
+    assert "no elements (a zero-width layer)" in one_line(err)
+
+
+def test_checking_module_runs_before_the_model_does() -> None:
+    from budgetplan.model.loading import checking_module
+
+    ran: list[str] = []
+
+    class Loud(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            ran.append("forward")
+            return x
+
+    def refuse(module: nn.Module) -> None:
+        ran.append(type(module).__name__)
+        raise InputError("made for another model")
+
+    with checking_module(refuse), pytest.raises(InputError, match="made for another model"):
+        load_model(Loud(), input_shape=(1, 2))
+    assert ran == ["Loud"]
+    assert load_model(Loud(), input_shape=(1, 2)).input_shape == (1, 2)  # the check is gone after the block
+
+
+def test_a_factory_that_exits_is_an_error_not_an_exit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelLoadError, match=r"sys:exit\(\) raised SystemExit"):
+        load_model("sys:exit")
+    (tmp_path / "bp_exits_on_import.py").write_text("import sys\nsys.exit(3)\n")
+    with pytest.raises(ModelLoadError, match="failed: SystemExit"):
+        load_model("bp_exits_on_import:make")
+
+
+def test_a_damaged_zip_archive_is_one_line(tmp_path: Path) -> None:
+    """Found by the fuzz suite (tests/fuzz): a flipped byte in a .pt2's central directory made zipfile
+    raise NotImplementedError ("zip file version 6.4"), which escaped as an internal error."""
+    model = nn.Sequential(nn.Linear(4, 2))
+    path = tmp_path / "model.pt2"
+    torch.export.save(torch.export.export(model, (torch.randn(1, 4),)), path)
+    blob = bytearray(path.read_bytes())
+    end = blob.rindex(b"PK\x05\x06")  # the end-of-central-directory record: where the directory starts
+    central = int.from_bytes(blob[end + 16:end + 20], "little")
+    assert blob[central:central + 4] == b"PK\x01\x02"
+    blob[central + 6] = 64  # "version needed to extract": 6.4, which zipfile does not implement
+    path.write_bytes(bytes(blob))
+    with pytest.raises(ModelLoadError) as err:
+        load_model(path)
+    assert "is a damaged zip archive (NotImplementedError: zip file version 6.4)" in one_line(err)

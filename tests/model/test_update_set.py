@@ -9,6 +9,8 @@ from torch import nn
 
 from budgetplan.errors import InputError
 from budgetplan.model.update_set import (
+    looks_like_file,
+    resolve_update_spec,
     UpdateSet,
     conv_layers,
     from_patterns,
@@ -253,19 +255,24 @@ def test_plan_json_forms_and_round_trip(tmp_path):
 @pytest.mark.parametrize(
     "obj, match",
     [
-        ({"plan": []}, 'expected an object with an "update" list'),
-        ({"update": "fc"}, '"update" must be a list'),
-        ({"update": ["fc.weight"]}, "update[0]: expected an object"),
-        ({"update": [{"channels": None}]}, '"parameter" must be a non-empty string'),
-        ({"update": [{"parameter": 7}]}, '"parameter" must be a non-empty string'),
+        # the update-set schema (budgetplan schema update) first: one line naming the place
+        ({"plan": []}, 'update set: has no "update" (required)'),
+        ({"update": "fc"}, "update set: update: must be an array, got string"),
+        ({"update": ["fc.weight"]}, "update[0]: must be an object"),
+        ({"update": [{"channels": None}]}, 'update[0]: has no "parameter" (required)'),
+        ({"update": [{"parameter": 7}]}, "update[0].parameter: must be a string, got integer 7"),
+        ({"update": [{"parameter": ""}]}, "update[0].parameter: must not be empty"),
+        ({"update": [{"parameter": "fc.weight", "channels": [1, 1]}]}, "update[0].channels: has integer 1 twice"),
+        ({"update": [{"parameter": "fc.weight", "channels": [-2]}]}, "update[0].channels[0]: must be at least 0"),
+        ({"update": [{"parameter": "fc.weight", "channels": "0:2"}]}, "channels: must be an array or null"),
+        ({"update": [{"parameter": "fc.weight", "channels": [0.5]}]}, "channels[0]: must be an integer"),
+        ({"update": [{"parameter": "fc.weight", "channels": [True]}]}, "channels[0]: must be an integer, got true"),
+        ({"update": [{"parameter": "fc.weight", "channels": []}]}, "channels: must not be empty"),
+        (42, "update set: must be an object, got integer 42"),
+        # then what the schema cannot say: a name listed twice, names and ranges against the model
         ({"update": [{"parameter": "fc.bias"}, {"parameter": "fc.bias"}]}, "listed twice"),
-        ({"update": [{"parameter": "fc.weight", "channels": [1, 1]}]}, "duplicate channel indices"),
-        ({"update": [{"parameter": "fc.weight", "channels": [-2]}]}, "negative channel index -2"),
-        ({"update": [{"parameter": "fc.weight", "channels": "0:2"}]}, "channels must be null or a list"),
-        ({"update": [{"parameter": "fc.weight", "channels": [0.5]}]}, "must be integers"),
         ({"update": [{"parameter": "fc.weight", "channels": [4]}]}, "channel index 4 is out of range"),
         ({"update": [{"parameter": "fc.wieght"}]}, "unknown parameter 'fc.wieght'; nearest: fc.weight"),
-        (42, '"update" must be a list'),
     ],
 )
 def test_plan_json_errors(obj, match):
@@ -273,7 +280,7 @@ def test_plan_json_errors(obj, match):
 
 
 def test_plan_json_file_errors(tmp_path):
-    one_line_error(from_plan_json, tmp_path / "missing.json", TinyCNN(), match="cannot read plan file")
+    one_line_error(from_plan_json, tmp_path / "missing.json", TinyCNN(), match="plan file not found")
     bad = tmp_path / "bad.json"
     bad.write_text('{"update": [')
     one_line_error(from_plan_json, bad, TinyCNN(), match="is not valid JSON")
@@ -368,38 +375,43 @@ def test_sparse_config_from_file(tmp_path):
     path.write_text(json.dumps({"n_bias_update": 2, "manual_weight_idx": [2], "weight_update_ratio": [0.5]}))
     assert from_sparse_update_config(path, m).channels("pw.weight") == tuple(range(8))
     missing = tmp_path / "nope.json"
-    one_line_error(from_sparse_update_config, missing, m, match="cannot read sparse-update config")
+    one_line_error(from_sparse_update_config, missing, m, match="sparse-update config not found")
 
 
 @pytest.mark.parametrize(
     "cfg, match",
     [
-        ({"n_bias_updates": 2}, "unknown key 'n_bias_updates' (did you mean 'n_bias_update'?)"),
-        ({"manual_weight_idx": [3]}, "n_bias_update is required"),
+        # the config schema (budgetplan schema config): types and keys
+        ({"n_bias_updates": 2}, 'unknown key "n_bias_updates" (did you mean "n_bias_update"?)'),
+        ({"manual_weight_idx": [3]}, 'has no "n_bias_update" (required)'),
+        ({"n_bias_update": -1}, "n_bias_update: must be at least 0, got integer -1"),
+        ({"n_bias_update": "most"}, 'n_bias_update: must be an integer or "all", got string "most"'),
+        ({"n_bias_update": "3"}, 'n_bias_update: must be an integer or "all", got string "3"'),
+        ({"n_bias_update": True}, 'n_bias_update: must be an integer or "all", got true'),
+        ({"n_bias_update": 4, "manual_weight_idx": [2, 2]}, "manual_weight_idx: has integer 2 twice"),
+        ({"n_bias_update": 4, "manual_weight_idx": "2-x"}, "manual_weight_idx: must be conv indices joined by '-'"),
+        ({"n_bias_update": 4, "manual_weight_idx": [3], "weight_update_ratio": [-0.5]}, "must be at least 0"),
+        ({"n_bias_update": 4, "manual_weight_idx": [3], "weight_update_ratio": ["half"]}, "must be a number"),
+        ({"n_bias_update": 4, "manual_weight_idx": [3], "weight_update_ratio": "1-x"}, "must be ratios joined"),
+        ({"n_bias_update": 1, "freeze_fc": "yes"}, 'freeze_fc: must be one of 0, 1, false, true, null; got string'),
+        ({"n_bias_update": 1, "freeze_fc": "false"}, "freeze_fc: must be one of"),
+        ({"backward_config": {"n_bias_update": 1, "train_scal": 1}}, 'backward_config: unknown key "train_scal"'),
+        ([1, 2], "must be an object"),
+        # then what depends on the model or on several keys
         ({"n_bias_update": 5}, "n_bias_update=5 but the model has 4 Conv2d layers"),
-        ({"n_bias_update": -1}, "n_bias_update=-1"),
-        ({"n_bias_update": "most"}, "n_bias_update must be an integer"),
-        ({"n_bias_update": True}, "n_bias_update must be an integer"),
         (
             {"n_bias_update": 1, "manual_weight_idx": [2]},
             "weight layer 2 (pw) is not among the last n_bias_update=1",
         ),
         ({"n_bias_update": 4, "manual_weight_idx": [4]}, "conv index 4 is out of range"),
         ({"n_bias_update": 4, "manual_weight_idx": [3, 2]}, "must be ascending"),
-        ({"n_bias_update": 4, "manual_weight_idx": [2, 2]}, "has duplicates"),
-        ({"n_bias_update": 4, "manual_weight_idx": "2-x"}, "indices like '12-15-17'"),
         ({"n_bias_update": 4, "manual_weight_idx": [2, 3], "weight_update_ratio": [1]}, "has 1 values for 2"),
-        ({"n_bias_update": 4, "manual_weight_idx": [3], "weight_update_ratio": [-0.5]}, "must be in [0, 1]"),
         ({"n_bias_update": 4, "manual_weight_idx": [3], "weight_update_ratio": [1.5]}, "must be in [0, 1]"),
         ({"n_bias_update": 4, "manual_weight_idx": [3], "weight_update_ratio": [9]}, "exceeds the 8 output"),
-        ({"n_bias_update": 4, "manual_weight_idx": [3], "weight_update_ratio": ["half"]}, "must be numbers"),
-        ({"n_bias_update": 4, "manual_weight_idx": [3], "weight_update_ratio": "1-x"}, "must look like"),
         ({"n_bias_update": 4, "n_weight_update": 9}, "n_weight_update=9"),
         ({"n_bias_update": 1, "n_weight_update": 2}, "not among the last n_bias_update=1"),
         ({"enable_backward_config": 0, "n_bias_update": 1}, "enable_backward_config is 0"),
         ({"n_bias_update": 1, "train_scale": 1}, "train_scale=1"),
-        ({"n_bias_update": 1, "freeze_fc": "yes"}, "freeze_fc must be 0 or 1"),
-        ([1, 2], "must be an object"),
     ],
 )
 def test_sparse_config_errors(cfg, match):
@@ -468,3 +480,47 @@ def test_sparse_config_mlp_middle_linear_not_expressible():
     assert to_sparse_update_config(from_patterns(m, ["fc2"]), m)["n_bias_update"] == 0
     one_line_error(to_sparse_update_config, from_patterns(m, ["fc1.bias"]), m, match="'fc1.bias' is neither")
     assert from_sparse_update_config({"n_bias_update": 0}, m).parameter_names() == ("fc2.weight", "fc2.bias")
+
+
+# ---------------------------------------------------------------------------------------------------
+# A spec from the command line: files only when they look like files; several specs unite (issue 12)
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text, is_file", [
+    ("plan.json", True), ("missing.json", True), ("conf.YAML", True), ("dir/patterns", True), ("./fc", True),
+    ("fc", False), ("fc.weight[0:8]", False), ("*.bias", False), (",".join(["fc"] * 5000), False),
+    ("a" * 300, False), ("x\x00y", False),
+])
+def test_looks_like_file(text: str, is_file: bool, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "plan.json").write_text("{}")
+    assert looks_like_file(text) is is_file
+
+
+def test_an_existing_file_without_a_suffix_is_a_file(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "fc").write_text(json.dumps({"update": [{"parameter": "proj.weight", "channels": [0]}]}))
+    assert resolve_update_spec(TinyCNN(), "fc").entries == {"proj.weight": (0,)}
+
+
+def test_several_specs_train_their_union(tmp_path) -> None:
+    m = TinyCNN()
+    path = tmp_path / "u.json"
+    path.write_text(json.dumps({"update": [{"parameter": "pw.weight", "channels": [1, 2]},
+                                           {"parameter": "fc.bias"}]}))  # channels may be left out: whole
+    us = resolve_update_spec(m, ["fc.weight[0:2]", str(path), "pw.weight[2,5]", "fc.weight[3]"])
+    assert us.entries == {"pw.weight": (1, 2, 5), "fc.weight": (0, 1, 3), "fc.bias": None}
+    assert resolve_update_spec(m, ["fc.weight[0:2]", "fc"]).entries == {"fc.weight": None, "fc.bias": None}
+    assert resolve_update_spec(m, ["fc.weight[0:2]", "fc.weight[2:]"]).entries == {"fc.weight": None}
+    assert resolve_update_spec(m, None) == UpdateSet.full(m)
+    with pytest.raises(InputError, match="empty update spec"):
+        resolve_update_spec(m, [])
+
+
+def test_duplicate_detection_is_linear_and_names_the_repeats() -> None:
+    values = list(range(300_000)) + [5, 7, 7]
+    msg = one_line_error(UpdateSet, {"fc.weight": values}, match="duplicate channel indices [5, 7]")
+    assert len(msg) < 200
+    many = list(range(20)) * 2
+    one_line_error(UpdateSet, {"fc.weight": many}, match="[0, 1, 2, 3, 4, 5, 6, 7, ... (20 in all)]")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from budgetplan.errors import BudgetplanError, InputError
-from budgetplan.units import format_bytes, parse_bytes, parse_shape
+from budgetplan.units import MAX_BYTES, MAX_DIMS, format_bytes, parse_bytes, parse_shape
 
 KiB = 1024
 MiB = 1024**2
@@ -142,3 +144,33 @@ def test_parse_shape_rejects(text: str) -> None:
     assert "\n" not in message
     assert f"'{text}'" in message
     assert "1x3x128x128" in message  # an example
+
+
+# --------------------------------------------------------------------------------------------------
+# limits (issue 12): sizes beyond any device, shapes that overflow, texts too long to be either
+# --------------------------------------------------------------------------------------------------
+
+
+def test_parse_bytes_limit_is_256_tib() -> None:
+    assert parse_bytes("256T") == 2**48 == MAX_BYTES
+    for text in ("257T", "9999999999999999999999T", "1e99", str(2**48 + 1), "1e30k"):
+        with pytest.raises(InputError, match="more than any device has"):
+            parse_bytes(text)
+
+
+def test_parse_bytes_refuses_overlong_text_before_parsing() -> None:
+    with pytest.raises(InputError, match="5000 characters is not a size") as info:
+        parse_bytes("9" * 5000)  # int() of it would raise ValueError (Python's digit limit)
+    assert len(str(info.value)) < 400
+
+
+@pytest.mark.parametrize(("text", "needle"), [
+    ("1x3x99999999999999999999x1", "beyond a 64-bit count (overflow)"),
+    ("2097152x2097152x2097152", "beyond a 64-bit count"),  # 2**63 elements
+    ("x".join(["1"] * (MAX_DIMS + 1)), f"{MAX_DIMS + 1} dimensions; at most {MAX_DIMS}"),
+    ("1x" + "9" * 5000, "characters is not a shape"),
+])
+def test_parse_shape_limits(text: str, needle: str) -> None:
+    with pytest.raises(InputError, match=re.escape(needle)):
+        parse_shape(text)
+    assert parse_shape("1x3x100000x100000") == (1, 3, 100000, 100000)  # its bytes are judged where it is allocated
