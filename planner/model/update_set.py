@@ -525,8 +525,10 @@ def resolve_update_spec(model: nn.Module, spec: Any) -> UpdateSet:
     for item in specs:
         if isinstance(item, UpdateSet):
             sets.append(item)
-        elif isinstance(item, str) and item.strip().lower().startswith("tt:"):  # a shipped tiny-training scheme
-            sets.append(from_sparse_update_config(item, model))
+        elif isinstance(item, str) and item.strip().lower().startswith(("tt:", "config:")):
+            text = item.strip()  # tt:<model>/<label> (a shipped scheme); config:<scheme or path>
+            config = text[len("config:"):] if text.lower().startswith("config:") else text
+            sets.append(from_sparse_update_config(config, model))
         elif isinstance(item, os.PathLike) or (isinstance(item, str) and looks_like_file(item)):
             sets.append(read_update_file(item, model))
         elif isinstance(item, str):

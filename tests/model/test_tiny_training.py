@@ -329,3 +329,27 @@ def test_scheme_config_copy_is_a_plain_sparse_update_config(tmp_path: Path) -> N
     path.write_text(json.dumps(copy.deepcopy(doc)))
     model, _ = build("mcunet-5fps-tt")
     assert from_sparse_update_config(str(path), model) == from_sparse_update_config("tt:mcunet/99kb", model)
+
+
+def test_update_specs_name_schemes_like_strategy_configs(tmp_path: Path) -> None:
+    from budgetplan.model.update_set import resolve_update_spec
+
+    model, _ = build("proxyless-w0.3-tt")
+    want = from_sparse_update_config("tt:proxyless-w0.3/98kb", model)
+    assert resolve_update_spec(model, "config:tt:proxyless-w0.3/98kb") == want
+    assert resolve_update_spec(model, "tt:proxyless/98kb") == want
+    path = tmp_path / "scheme.json"
+    path.write_text(tt.scheme_path("tt:proxyless/98kb").read_text())
+    assert resolve_update_spec(model, f"config:{path}") == want
+    with pytest.raises(InputError, match="unknown tiny-training scheme"):
+        resolve_update_spec(model, "config:tt:proxyless/99kb")
+
+
+def test_cli_estimates_a_shipped_scheme() -> None:
+    result = invoke("estimate", "mbv2-w0.35-tt", "--update", "config:tt:mbv2-w0.35/49kb", "--json", "-")
+    assert result.exit_code == 0, result.stderr
+    model, _ = build("mbv2-w0.35-tt")
+    trained = from_sparse_update_config("tt:mbv2-w0.35/49kb", model).num_trained_elements(model)
+    assert sum(json.loads(result.stdout)["trained_parameters"].values()) == trained  # 26,668
+    assert_cli_error(invoke("estimate", "mbv2-w0.35-tt", "--update", "config:tt:mbv2/50kb"),
+                     "unknown tiny-training scheme 'tt:mbv2/50kb'")
