@@ -229,3 +229,22 @@ def test_tiny_training_ladder_is_monotone(mbv2_tt) -> None:
             NO_TRICKS, {"inplace": False, "fuse_update": False}, {"fuse_update": False}, {})]
         assert full > 4 * rungs[0]
         assert rungs == sorted(rungs, reverse=True), (label, rungs)
+
+
+class PaddedConv(nn.Module):
+    """Explicit zero padding, then a 3×3 conv without padding (TensorFlow's "same" as exported), on 1×4×8×8."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(nn.functional.pad(x, (1, 1, 1, 1)))
+
+
+def test_explicit_padding_is_done_inside_the_conv_kernel() -> None:
+    graph = _graph(PaddedConv(), (1, 4, 8, 8))
+    est = estimate_mcu(graph, UpdateSet.none(), M7)
+    # the image (4·8·8 = 256 B) and the conv's output (8·8·8 = 512 B); no padded 4·10·10 copy.
+    # im2col: 3·3·4·2·2 = 144 B (stride 1: no kernel buffer)
+    assert est.peak_bytes == 256 + 512 + 144

@@ -20,7 +20,8 @@ and the largest kernel buffer of the int8 forward kernels, as TinyEngine reports
 The rules (each is named in the estimate's ``rules``; docs/cost-model.md):
 
 * ``int8-activations`` — forward activations in ``activation_dtype``; a BatchNorm and a ReLU/ReLU6 after
-  a conv are fused into it (one buffer);
+  a conv are fused into it (one buffer); explicit zero padding read only by convs is done inside the
+  conv kernels (no padded copy);
 * ``inplace-depthwise-forward`` (``inplace``) — a depthwise conv whose input is read by nobody after it
   writes its output into the input's block; after a stride-2 one, later allocations may reuse all but a
   quarter of the block;
@@ -80,7 +81,8 @@ ALIGNMENT = 4  # TinyEngine rounds every tensor to 4 bytes
 
 #: the rules of the model, in the order docs/cost-model.md lists them (name -> what it says)
 RULES: dict[str, str] = {
-    "int8-activations": "forward activations in the activation dtype; BatchNorm and ReLU fused into the conv",
+    "int8-activations": "forward activations in the activation dtype; BatchNorm and ReLU fused into the conv, "
+                        "zero padding done inside the conv kernels",
     "inplace-depthwise-forward": "a depthwise conv writes its output into its input's block (stride 2: "
                                  "later tensors may reuse all but a quarter of it)",
     "inplace-depthwise-backward": "a stride-1 depthwise conv's input gradient overwrites its output gradient",
@@ -289,6 +291,31 @@ def _conv_geometry(graph: LayerGraph, layer: Layer) -> ConvGeometry | None:
     return None
 
 
+PAD_OPS = frozenset({"pad", "constant_pad_nd"})
+
+
+def _folded_pads(graph: LayerGraph, layers: list[Layer]) -> dict[int, int]:
+    """Explicit zero padding whose output only convs read (TensorFlow-style "same" padding, as exported by
+    transformers' MobileNetV2): TinyEngine's conv kernels pad inside, so the padded copy is never made.
+    Output storage of each such pad -> the storage it pads."""
+    readers: dict[int, list[Layer]] = defaultdict(list)
+    for layer in layers:
+        for call in layer.aten:
+            for key in call.input_keys:
+                if key in graph.storages and key not in layer.new_storages:
+                    readers[key].append(layer)
+    folded: dict[int, int] = {}
+    for layer in layers:
+        if layer.op not in PAD_OPS or len(layer.new_storages) != 1:
+            continue
+        sources = [k for call in layer.aten for k in call.input_keys if k in graph.storages
+                   and k not in layer.new_storages]
+        out = layer.new_storages[0]
+        if len(set(sources)) == 1 and readers.get(out) and all(r.op in MCU_SCRATCH for r in readers[out]):
+            folded[out] = sources[0]
+    return folded
+
+
 def mcu_layout(graph: LayerGraph, target: Target) -> McuLayout:
     """Build the :class:`McuLayout` of ``graph`` on ``target``."""
     act_bytes = target.dtype_bytes("activation")
@@ -299,6 +326,8 @@ def mcu_layout(graph: LayerGraph, target: Target) -> McuLayout:
     storages = graph.storages
     fusion = fused_storages(graph)
     root_of = {key: fusion.get(key, key) for key in storages}
+    for key, source in _folded_pads(graph, layers).items():
+        root_of[key] = root_of.get(source, source)
     members: dict[int, list[int]] = defaultdict(list)
     for key in storages:
         members[root_of[key]].append(key)
