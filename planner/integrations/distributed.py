@@ -49,8 +49,9 @@ def ddp_options(ddp: DistributedDataParallel) -> dict[str, Any]:
         "find_unused_parameters": ddp.find_unused_parameters,
         "gradient_as_bucket_view": ddp.gradient_as_bucket_view,
         "static_graph": bool(getattr(ddp, "static_graph", False)),
-        "bucket_cap_mb": ddp.bucket_bytes_cap / (1024 * 1024),
     }
+    if not getattr(ddp, "bucket_bytes_cap_default", False):  # a size the user chose (else DDP's defaults)
+        options["bucket_cap_mb"] = ddp.bucket_bytes_cap / (1024 * 1024)
     if hasattr(ddp, "forward_sync_buffers"):
         options["forward_sync_buffers"] = ddp.forward_sync_buffers
     return options

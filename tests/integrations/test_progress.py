@@ -22,13 +22,18 @@ LIBRARY = Path(__file__).resolve().parents[2] / "planner"
 
 @pytest.fixture
 def restore_logger():
+    """The ``budgetplan`` logger without handlers (a CLI test earlier in the session may have installed
+    one), restored afterwards."""
     logger = logging.getLogger("budgetplan")
     level, handlers = logger.level, list(logger.handlers)
+    for handler in handlers:
+        logger.removeHandler(handler)
     yield logger
-    for handler in logger.handlers:
-        if handler not in handlers:
-            logger.removeHandler(handler)
-            handler.close()
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    for handler in handlers:
+        logger.addHandler(handler)
     logger.setLevel(level)
 
 
