@@ -25,7 +25,7 @@ built-ins, so parameter names and conv indices agree -- with float weights:
   becomes an ``nn.Linear`` after global average pooling.
 
 **Schemes.** tiny-training's 15 sparse-update schemes (``compilation/mcu_ir_gen.py``: five per model,
-named by their analytic memory, e.g. ``49kb``) ship as sparse-update configs in ``tt_schemes/`` of
+named by their analytic memory, e.g. ``49kb``) ship as sparse-update configs in ``tt-schemes/`` of
 this package. :func:`scheme_path` resolves ``tt:<model>/<label>`` (e.g. ``tt:mbv2-w0.35/49kb``);
 :func:`list_schemes` lists them.
 """
@@ -353,7 +353,7 @@ def load_module(path: str | os.PathLike) -> tuple[TinyTrainingNet, tuple[int, in
 # The published schemes
 # --------------------------------------------------------------------------------------------------
 
-SCHEME_DIR = Path(__file__).with_name("tt_schemes")
+SCHEME_DIR = Path(__file__).with_name("tt-schemes")
 """Package data: ``<model>/<label>.json``, one sparse-update config per published scheme."""
 SCHEME_PREFIX = "tt:"
 # other spellings of a model: the keys of mcu_ir_gen.py and the zoo's built-in names
