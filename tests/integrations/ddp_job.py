@@ -1,9 +1,10 @@
-"""A plain-DDP re-selection run on several CPU processes (gloo), as a user's torchrun script would do it.
+"""A plain-DDP re-selection run on several CPU processes (gloo), as a user's torchrun script does it.
 
-``python tests/integrations/ddp_job.py OUT PORT [--world 2] [--epochs 4]`` spawns the ranks on
-127.0.0.1:PORT; each writes OUT/rank{r}.pt: the update set of every epoch, the final state dict, the
-initial parameters, the EpochLogs, the last velocities, and per epoch what DDP's reducer covers
-(tensors, bytes; from DDP's own logging data) next to the trained tensors.
+``torchrun --nproc_per_node 2 --master_addr 127.0.0.1 --master_port PORT tests/integrations/ddp_job.py OUT
+[--epochs 4]`` (the test's way), or ``python tests/integrations/ddp_job.py OUT --port PORT [--world 2]``
+(``torch.multiprocessing.spawn``). Each rank writes OUT/rank{r}.pt: the update set of every epoch, the
+final state dict, the initial parameters, the EpochLogs, the last velocities, and per epoch what DDP's
+reducer covers (tensors, bytes; from DDP's own logging data) next to the trained tensors.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import os
 import sys
 from pathlib import Path
 
@@ -24,9 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from job_common import GLOBAL_BATCH, LR, SAMPLES, budget, data, make_model, shard
 
 
-def worker(rank: int, world: int, port: int, out: str, epochs: int) -> None:
+def worker(rank: int, world: int, port: int | None, out: str, epochs: int) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+    init = "env://" if port is None else f"tcp://127.0.0.1:{port}"  # env://: torchrun's variables
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=120))
     try:
         from budgetplan.integrations.distributed import reduced_bytes_per_step, reselect_ddp
@@ -69,11 +72,14 @@ def worker(rank: int, world: int, port: int, out: str, epochs: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("out")
-    parser.add_argument("port", type=int)
+    parser.add_argument("--port", type=int)
     parser.add_argument("--world", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=4)
     args = parser.parse_args()
-    mp.spawn(worker, args=(args.world, args.port, args.out, args.epochs), nprocs=args.world, join=True)
+    if "RANK" in os.environ:  # started by torchrun
+        worker(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), None, args.out, args.epochs)
+    else:
+        mp.spawn(worker, args=(args.world, args.port, args.out, args.epochs), nprocs=args.world, join=True)
 
 
 if __name__ == "__main__":

@@ -87,9 +87,9 @@ def run_job(args: list[str], timeout: float, env: dict[str, str] | None = None) 
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         out, _ = proc.communicate()
-        raise AssertionError(f"{args[0]} timed out after {timeout} s:\n{out[-4000:]}") from None
+        raise AssertionError(f"{' '.join(args)} timed out after {timeout} s:\n{out[-4000:]}") from None
     if proc.returncode != 0:
-        raise AssertionError(f"{args[0]} exited {proc.returncode}:\n{out[-6000:]}")
+        raise AssertionError(f"{' '.join(args)} exited {proc.returncode}:\n{out[-6000:]}")
     return subprocess.CompletedProcess(args, proc.returncode, out, "")
 
 

@@ -1,7 +1,7 @@
-"""Re-selection with plain DistributedDataParallel on 2 real CPU processes (gloo, 127.0.0.1): every rank
-has the same update set every epoch, DDP's reducer covers exactly the trained tensors after each change,
-the ranks end bit-identical, equal (fp tolerance) to one process training the same plans on the same
-global batches, and frozen parameters never move."""
+"""Re-selection with plain DistributedDataParallel on 2 real CPU processes started by torchrun (gloo,
+127.0.0.1): every rank has the same update set every epoch, DDP's reducer covers exactly the trained
+tensors after each change, the ranks end bit-identical, equal (fp tolerance) to one process training the
+same plans on the same global batches, and frozen parameters never move."""
 
 from __future__ import annotations
 
@@ -20,7 +20,9 @@ EPOCHS = 4
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory) -> list[dict]:
     out = tmp_path_factory.mktemp("ddp")
-    run_job([str(HERE / "ddp_job.py"), str(out), str(free_port()), "--epochs", str(EPOCHS)], timeout=240)
+    torchrun = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+                "--master_port", str(free_port())]
+    run_job([*torchrun, str(HERE / "ddp_job.py"), str(out), "--epochs", str(EPOCHS)], timeout=240)
     return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]
 
 
