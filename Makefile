@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	$(VENV)/bin/budgetplan analyze mobilenetv2-w0.35 --target cortex-m7 --ram 256k
+	$(VENV)/bin/budgetplan analyze mbv2-w0.35-tt --target cortex-m7 --ram 256k
 
 # the layer contracts (import-linter, pyproject.toml) first: a broken contract fails the build
 test: setup

@@ -644,6 +644,12 @@ OptimizerOpt = Annotated[str, typer.Option("--optimizer", metavar="sgd|sgd-momen
                                            help="Optimizer whose state is priced.")]
 
 
+NoInplaceOpt = Annotated[bool, typer.Option("--no-inplace", help="mcu targets: no in-place depthwise convs "
+                                           "(forward, and stride-1 backward).")]
+NoFuseOpt = Annotated[bool, typer.Option("--no-fuse-update", help="mcu targets: a weight gradient is a buffer "
+                                         "before its update (no fused update).")]
+
+
 def _pct(pred: float, meas: float) -> str:
     return "n/a" if meas == 0 else f"{100 * (pred - meas) / meas:+.2f} %"
 
@@ -658,6 +664,8 @@ def estimate(
     ram: RamOpt = None,
     no_reorder: Annotated[bool, typer.Option("--no-reorder", help="mcu targets: keep every weight gradient "
                                              "until the optimizer step (no operator reordering).")] = False,
+    no_inplace: NoInplaceOpt = False,
+    no_fuse_update: NoFuseOpt = False,
     input_shape: ShapeOpt = None,
     weights: WeightsOpt = None,
     trust_pickle: TrustOpt = False,
@@ -675,7 +683,8 @@ def estimate(
     with _quiet_torch():
         est = estimate_training(model, target=target, update=updates, optimizer=optimizer, ram=ram,
                                 input_shape=_shape(input_shape), weights=weights, trust_pickle=trust_pickle,
-                                trace=trace, reorder=not no_reorder)  # type: ignore[arg-type]
+                                trace=trace, reorder=not no_reorder, inplace=not no_inplace,
+                                fuse_update=not no_fuse_update)  # type: ignore[arg-type]
     if json_out is not None:
         outputs.write(json_out, _json_text(est.to_dict()))
         outputs.commit()
@@ -698,6 +707,11 @@ def estimate(
     backward = [p.live_bytes for p in est.timeline if p.phase == "backward"]
     console.print(f"timeline: {len(est.timeline)} steps; forward max {format_bytes(max(forward, default=0))}, "
                   f"backward max {format_bytes(max(backward, default=0))} (--json for every step)", soft_wrap=True)
+    rules = getattr(est, "rules", None)
+    if rules:  # mcu: the TinyEngine rules that priced the step (docs/cost-model.md)
+        off = [r["name"] for r in rules if not r["enabled"]]
+        console.print(f"rules: {', '.join(r['name'] for r in rules if r['enabled'])}"
+                      + (f" (off: {', '.join(off)})" if off else ""), markup=False, soft_wrap=True)
     if est.budget_bytes is not None:
         verdict = "[green]fits[/]" if est.fits else "[red]does not fit[/]"
         console.print(f"budget {format_bytes(est.budget_bytes)}: {verdict}")
@@ -797,6 +811,8 @@ def analyze(
     seed: Annotated[int, typer.Option("--seed", help="Seed of --strategy random.")] = 0,
     optimizer: OptimizerOpt = "sgd",
     no_reorder: Annotated[bool, typer.Option("--no-reorder", help="mcu targets: no operator reordering.")] = False,
+    no_inplace: NoInplaceOpt = False,
+    no_fuse_update: NoFuseOpt = False,
     group_size: GroupOpt = 1,
     input_shape: ShapeOpt = None,
     weights: WeightsOpt = None,
@@ -825,7 +841,8 @@ def analyze(
                                  optimizer=optimizer, reorder=not no_reorder, solver=solver, time_limit=time_limit,
                                  gap=gap, max_flops=max_flops, max_latency_s=max_latency, last_k=last_k, seed=seed,
                                  input_shape=_shape(input_shape), weights=weights, trust_pickle=trust_pickle,
-                                 trace=trace, group_size=group_size)  # type: ignore[arg-type]
+                                 trace=trace, group_size=group_size, inplace=not no_inplace,
+                                 fuse_update=not no_fuse_update)  # type: ignore[arg-type]
     plan, doc = analysis.plan, analysis.document
     if out is not None:
         outputs.write(out, dumps_plan(doc))
@@ -985,7 +1002,7 @@ def export_command(
                                    trust_pickle=trust_pickle, trace=trace, loss=loss, lr=lr, batchnorm=batchnorm)
     files = {"step.py": build.step.python_source(),
              "schedule.json": json.dumps(build.step.to_schedule_dict(), indent=1) + "\n",
-             "arena.json": json.dumps(build.arena.to_dict(), indent=1) + "\n",
+             "arena.json": json.dumps(build.arena_document(), indent=1) + "\n",
              "budgetplan_plan.h": build.header}
     if build.sparse_config is not None:
         files["sparse_update_config.json"] = json.dumps(build.sparse_config, indent=2) + "\n"
@@ -1003,10 +1020,18 @@ def export_command(
     console.print(f"exported {escape(build.model)} with {escape(build.plan_path)} (plan for {escape(target)}): "
                   f"{len(st.nodes)} ops, {len(st.updates)} parameter updates, each right after its gradient "
                   f"({st.build_seconds:.1f} s)", soft_wrap=True)
-    console.print(f"arena {a.arena_bytes:,} bytes ({format_bytes(a.arena_bytes)}, {len(a.placements)} buffers, "
-                  f"{a.alignment}-byte aligned) · peak live {a.peak_live_bytes:,} bytes · fragmentation "
-                  f"{100 * a.fragmentation:.2f} % · without reordering {st.unscheduled_peak_bytes:,} bytes · "
-                  f"plan's predicted peak {build.plan_peak_bytes:,} bytes on {escape(target)}", soft_wrap=True)
+    device = build.device_arena
+    if device is not None:  # an mcu plan: the device's tensors (docs/export.md)
+        console.print(f"device arena {a.arena_bytes:,} bytes ({format_bytes(a.arena_bytes)}, {len(a.placements)} "
+                      f"buffers, {a.alignment}-byte aligned, {escape(a.algorithm)}) · plan's predicted peak "
+                      f"{build.plan_peak_bytes:,} bytes on {escape(target)} · fragmentation "
+                      f"{100 * device.agreement:.2f} % · TinyEngine's first fit {device.first_fit.arena_bytes:,} "
+                      f"bytes, best fit {device.best_fit.arena_bytes:,} bytes", soft_wrap=True)
+    else:
+        console.print(f"arena {a.arena_bytes:,} bytes ({format_bytes(a.arena_bytes)}, {len(a.placements)} buffers, "
+                      f"{a.alignment}-byte aligned) · peak live {a.peak_live_bytes:,} bytes · fragmentation "
+                      f"{100 * a.fragmentation:.2f} % · without reordering {st.unscheduled_peak_bytes:,} bytes · "
+                      f"plan's predicted peak {build.plan_peak_bytes:,} bytes on {escape(target)}", soft_wrap=True)
     outside = ", ".join(f"{k} {v:,}" for k, v in st.outside_bytes().items())
     console.print(f"outside the arena (bytes): {outside or 'nothing'}", soft_wrap=True)
     if build.matches_eager is not None:

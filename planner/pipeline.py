@@ -68,24 +68,29 @@ def estimate_training(
     trace: TraceMethod = "auto",
     group_size: int = 1,
     reorder: bool = True,
+    inplace: bool = True,
+    fuse_update: bool = True,
 ) -> TrainingEstimate:
-    """Predicted memory, FLOPs and latency of one training step (what ``budgetplan estimate`` prints)."""
+    """Predicted memory, FLOPs and latency of one training step (what ``budgetplan estimate`` prints).
+    ``reorder``, ``inplace``, ``fuse_update``: the microcontroller runtime's options (docs/cost-model.md)."""
     device = resolve_target(target)
     budget = resolve_budget(device, ram)
     mg = trace_source(source, input_shape=input_shape, weights=weights, trust_pickle=trust_pickle,
                       trace=trace, group_size=group_size)
     update_set = resolve_update(mg.loaded.module, update)
     return estimate_update(mg.graph, update_set, device, optimizer=optimizer, model=mg.name,
-                           budget_bytes=budget, reorder=reorder)
+                           budget_bytes=budget, reorder=reorder, inplace=inplace, fuse_update=fuse_update)
 
 
 def estimate_update(graph: LayerGraph, update: UpdateSet, target: Target, *, optimizer: str = "sgd",
-                    model: str = "", budget_bytes: int | None = None, reorder: bool = True) -> TrainingEstimate:
+                    model: str = "", budget_bytes: int | None = None, reorder: bool = True,
+                    inplace: bool = True, fuse_update: bool = True) -> TrainingEstimate:
     """Price an update set with the target family's cost model: ``mcu`` → tiny-training conventions
     (:mod:`budgetplan.pricing.mcu.exact`), ``host`` and ``embedded-linux`` → PyTorch eager
-    (:mod:`budgetplan.pricing.host.exact`). ``reorder`` applies to the ``mcu`` family only."""
-    return for_target(target).estimate(graph, update, target, PricingOptions(optimizer=optimizer, reorder=reorder),
-                                       model=model, budget_bytes=budget_bytes)
+    (:mod:`budgetplan.pricing.host.exact`). ``reorder``, ``inplace`` and ``fuse_update`` apply to the
+    ``mcu`` family only."""
+    options = PricingOptions(optimizer=optimizer, reorder=reorder, inplace=inplace, fuse_update=fuse_update)
+    return for_target(target).estimate(graph, update, target, options, model=model, budget_bytes=budget_bytes)
 
 
 @dataclass
@@ -186,8 +191,11 @@ def analyze_model(
     trust_pickle: bool = False,
     trace: TraceMethod = "auto",
     group_size: int = 1,
+    inplace: bool = True,
+    fuse_update: bool = True,
 ) -> Analysis:
-    """Choose what to train under the budget and price it (what ``budgetplan analyze`` does)."""
+    """Choose what to train under the budget and price it (what ``budgetplan analyze`` does).
+    ``reorder``, ``inplace``, ``fuse_update``: the microcontroller runtime's options, recorded in the plan."""
     device = resolve_target(target)
     budget = resolve_budget(device, ram)
     mg = trace_source(source, input_shape=input_shape, weights=weights, trust_pickle=trust_pickle, trace=trace,
@@ -198,8 +206,9 @@ def analyze_model(
     plan = plan_update(mg.graph, device, budget, strategy=strategy, scores=scores, optimizer=optimizer,
                        reorder=reorder, solver=solver, time_limit=time_limit, gap=gap, max_flops=max_flops,
                        max_latency_s=max_latency_s, seed=seed, last_k=last_k, config=config,
-                       model_module=mg.loaded.module)
-    document = plan_document(plan, mg.graph, device, model=mg.name, optimizer=optimizer, reorder=reorder)
+                       model_module=mg.loaded.module, inplace=inplace, fuse_update=fuse_update)
+    document = plan_document(plan, mg.graph, device, model=mg.name, optimizer=optimizer, reorder=reorder,
+                             inplace=inplace, fuse_update=fuse_update)
     return Analysis(plan, document, mg, device)
 
 
@@ -245,7 +254,9 @@ def check_model(
         check_fingerprint(document, mg.graph, plan)
         update = from_plan_json(document, mg.loaded.module)
         est = estimate_update(mg.graph, update, device, optimizer=str(document.get("optimizer", optimizer)),
-                              budget_bytes=budget, reorder=bool(document.get("reorder", True)))
+                              budget_bytes=budget, reorder=bool(document.get("reorder", True)),
+                              inplace=bool(document.get("inplace", True)),
+                              fuse_update=bool(document.get("fuse_update", True)))
         items.append(CheckItem("plan", est.peak_bytes <= budget,
                                f"training with {plan}: peak {est.peak_bytes} bytes vs budget {budget} bytes"))
     if min_update_pct is not None:

@@ -66,8 +66,11 @@ def layer_summary(graph: LayerGraph, result: PlanResult) -> list[dict[str, Any]]
 
 
 def plan_document(result: PlanResult, graph: LayerGraph, target: Target, *, model: str,
-                  optimizer: str, reorder: bool) -> dict[str, Any]:
-    """The plan file's content (a JSON-ready dict, deterministic)."""
+                  optimizer: str, reorder: bool, inplace: bool = True, fuse_update: bool = True) -> dict[str, Any]:
+    """The plan file's content (a JSON-ready dict, deterministic). ``reorder``, ``inplace`` and
+    ``fuse_update`` are the runtime options it was priced with; ``inplace`` and ``fuse_update`` are
+    written after ``reorder`` only when off (a plan without them was priced with them on, so plans of
+    earlier releases keep their meaning)."""
     est = result.estimate
     solver = None
     if result.solver is not None:
@@ -87,6 +90,8 @@ def plan_document(result: PlanResult, graph: LayerGraph, target: Target, *, mode
         "scores": result.scores,
         "optimizer": optimizer,
         "reorder": reorder,
+        **({} if inplace else {"inplace": False}),
+        **({} if fuse_update else {"fuse_update": False}),
         "fits": result.fits,
         "peak_bytes": est.peak_bytes,
         "peak_at": est.peak_at,

@@ -1,6 +1,7 @@
 """``budgetplan export`` through the CLI: the files it writes (a graph that runs and matches an eager
-step, an arena the checker accepts, a header gcc accepts, a sparse-update config that imports back),
-refusing to overwrite, and one-line errors (a plan for another model: exit 2)."""
+step, an arena the checker accepts — for a microcontroller plan the device's arena, within 2 % of the
+plan's peak —, a header gcc accepts, a sparse-update config that imports back), refusing to overwrite,
+and one-line errors (a plan for another model: exit 2)."""
 
 from __future__ import annotations
 
@@ -47,13 +48,21 @@ def test_compile_writes_every_file_and_the_arena_is_sound(compiled_dir: tuple[Pa
     out, summary = compiled_dir
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["step.py", "schedule.json", "arena.json", "budgetplan_plan.h", "sparse_update_config.json"])
-    arena = ArenaPlan.from_dict(json.loads((out / "arena.json").read_text()))
+    document = json.loads((out / "arena.json").read_text())
+    arena = ArenaPlan.from_dict(document)
     assert check_arena(arena) == []
     assert summary["arena_bytes"] == arena.arena_bytes >= summary["peak_live_bytes"] > 0
     assert summary["matches_eager"] is True and summary["max_abs_diff"] <= 1e-4
     schedule = json.loads((out / "schedule.json").read_text())
     assert {u["parameter"] for u in schedule["updates"]} >= {"module.fc.weight", "module.fc.bias"}
-    assert schedule["peak_live_bytes"] == summary["peak_live_bytes"]
+    assert schedule["peak_live_bytes"] == summary["step_peak_live_bytes"]
+    # a cortex-m7 plan: the arena is the device's (int8 activations, fp32 gradients), the plan's peak is
+    # its lower bound and the placement adds at most 2 %
+    assert document["runtime"] == "tinyengine-int8"
+    assert summary["peak_live_bytes"] == summary["plan_peak_bytes"] == document["plan_peak_bytes"]
+    assert summary["arena_bytes"] <= 1.02 * summary["plan_peak_bytes"]
+    assert summary["device_arena"]["first_fit_bytes"] == document["placements"]["first_fit"]["arena_bytes"]
+    assert {b["dtype"] for b in document["buffers"] if b["kind"] == "activation"} == {"int8"}
 
 
 def test_emitted_step_runs_in_pytorch_and_matches_eager(compiled_dir: tuple[Path, dict], plan_file: Path) -> None:
@@ -79,6 +88,7 @@ def test_header_lists_the_plan_and_is_valid_c(compiled_dir: tuple[Path, dict], p
     assert f"#define BP_PLAN_PEAK_BYTES {json.loads(plan_file.read_text())['peak_bytes']}u" in header
     assert "#define BP_FEATURES_8_WEIGHT_N_CHANNELS 32u" in header
     assert "bp_features_8_weight_channels[32] = {0u, 1u," in header
+    assert "#define BP_DTYPE_INT8 " in header and "uint32_t dtype;" in header  # the device arena's types
     gcc = shutil.which("gcc")
     if gcc is None:
         pytest.skip("gcc not installed")
@@ -158,3 +168,14 @@ def test_compile_is_a_deprecated_alias_of_export(plan_file: Path, tmp_path: Path
     listing = invoke("--help")
     assert listing.exit_code == 0 and "export" in listing.output
     assert " compile " not in listing.output  # hidden: the help lists export only
+
+
+def test_host_plan_keeps_the_float32_step_arena(tmp_path: Path) -> None:
+    plan = tmp_path / "host.json"
+    assert invoke("analyze", "tinycnn", "--target", "host", "--ram", "512k", "--out", str(plan)).exit_code == 0
+    result = invoke("export", "tinycnn", "--plan", str(plan), "--out", str(tmp_path / "o"), "--json", "-")
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    document = json.loads((tmp_path / "o" / "arena.json").read_text())
+    assert summary["device_arena"] is None and "runtime" not in document
+    assert summary["peak_live_bytes"] == summary["step_peak_live_bytes"] == document["peak_live_bytes"]

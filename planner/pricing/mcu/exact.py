@@ -223,6 +223,7 @@ class McuLayout:
     gradient_bytes: int
     activation_dtype: str
     gradient_dtype: str
+    roots_in_order: list[int]  # model inputs, then roots in the order their layers create them
 
     # fixed step indices: forward i, backward B(i), update U(i) = B(i) + 1, the end
     @property
@@ -358,6 +359,11 @@ def mcu_layout(graph: LayerGraph, target: Target) -> McuLayout:
         producer[root] = key_producer[root]
         last_use.setdefault(root, max(producer[root], 0))
     input_roots = [k for k, s in storages.items() if s.is_input]
+    # a deterministic order (storage keys are addresses): inputs, then by producer and output position
+    roots_in_order = [r for r in input_roots if r in size]
+    for layer in layers:
+        roots_in_order += [k for k in layer.new_storages if k in size and k not in roots_in_order]
+    roots_in_order += [r for r in size if r not in roots_in_order]
 
     out_root: dict[int, int | None] = {}
     for i, layer in enumerate(layers):
@@ -441,6 +447,7 @@ def mcu_layout(graph: LayerGraph, target: Target) -> McuLayout:
         alias_parent=alias_parent, inplace_forward=inplace_forward, inplace_backward=inplace_backward,
         geometry=geometry, activation_bytes=act_bytes, gradient_bytes=grad_bytes,
         activation_dtype=target.activation_dtype, gradient_dtype=target.gradient_dtype,
+        roots_in_order=roots_in_order,
     )
 
 
@@ -484,7 +491,7 @@ def forward_live_bytes(lay: McuLayout, *, inplace: bool = True) -> tuple[list[in
     sizes = dict(lay.size)
     ips = {d: ip for d, ip in lay.inplace_forward.items()} if inplace else {}
     taken = {ip.output: ip for ip in ips.values()}
-    for root in sorted(lay.size, key=lambda r: lay.producer[r]):
+    for root in lay.roots_in_order:
         first = max(lay.producer[root], 0)
         if root in taken:
             ip = taken[root]
@@ -601,7 +608,7 @@ def estimate_mcu(
     names: dict[int, str] = {}
     block_bytes: dict[int, int] = {}
     counter: dict[str, int] = defaultdict(int)
-    for root in sorted(lay.size, key=lambda r: (lay.producer[r], r)):
+    for root in lay.roots_in_order:
         s = storages[root]
         base = f"input:{s.producer.removeprefix('input:')}" if s.is_input else f"act:{s.producer}"
         counter[base] += 1
@@ -652,7 +659,7 @@ def estimate_mcu(
         return "grad:" + names[root].split(":", 1)[1]
 
     first_backward = lay.b_step(n - 1)
-    for root in sorted(lay.output_roots):
+    for root in [r for r in lay.roots_in_order if r in lay.output_roots]:
         keys = [k for k in lay.members[root] if ba.requires_grad.get(k) and storages[k].floating]
         if keys and lay.grad_size.get(root):
             block_of[root] = grad_name(root)
@@ -745,6 +752,11 @@ def estimate_mcu(
              f"{scratch.im2col} + kernel buffer {scratch.kernel} bytes"]
     if in_place or inplace_bwd:
         notes.append(f"{len(in_place)} depthwise convs run in place forward, {len(inplace_bwd)} backward")
+    if peak.phase == "forward" and weight_bytes + opt_bytes:
+        held = peak.live_bytes - weight_bytes - opt_bytes
+        notes.append(f"the peak is in the int8 forward at {peak.label}: {held} bytes of activations and kernel "
+                     f"scratch are there whatever is trained, and the trained weights and biases "
+                     f"({weight_bytes + opt_bytes} bytes with optimizer state) stay in SRAM through it")
     return McuTrainingEstimate(
         model=model, target=target.name, optimizer=optimizer, peak_bytes=peak.live_bytes,
         memory=MemoryBreakdown(activations=saved_bytes, weights=weight_bytes, gradients=grad_bytes,
