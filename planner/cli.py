@@ -1033,7 +1033,11 @@ def export_command(
                       f"{100 * a.fragmentation:.2f} % · without reordering {st.unscheduled_peak_bytes:,} bytes · "
                       f"plan's predicted peak {build.plan_peak_bytes:,} bytes on {escape(target)}", soft_wrap=True)
     outside = ", ".join(f"{k} {v:,}" for k, v in st.outside_bytes().items())
-    console.print(f"outside the arena (bytes): {outside or 'nothing'}", soft_wrap=True)
+    if device is not None:
+        console.print(f"float32 PyTorch step (step.py): peak live {st.peak_bytes:,} bytes; outside its arena "
+                      f"(bytes): {outside or 'nothing'}", soft_wrap=True)
+    else:
+        console.print(f"outside the arena (bytes): {outside or 'nothing'}", soft_wrap=True)
     if build.matches_eager is not None:
         verdict = "[green]matches[/]" if build.matches_eager else "[red]does not match[/]"
         console.print(f"the emitted step {verdict} an eager PyTorch step (max |Δ| {build.max_abs_diff:.3g})")
