@@ -162,6 +162,8 @@ ROUND_TRIPS = [
     ["--target", "host", "--ram", "512k", "--objective", "uniform"],
     ["--target", "raspberry-pi-4", "--ram", "2M", "--max-flops", "9000000"],
     ["--target", "cortex-m55", "--ram", "48k", "--strategy", "config:{sparse}"],
+    ["--target", "cortex-m7", "--ram", "64k", "--no-inplace", "--no-fuse-update"],  # "inplace"/"fuse_update": false
+    ["--target", "cortex-m4", "--ram", "96k", "--no-fuse-update", "--strategy", "greedy", "--no-reorder"],
 ]
 
 
@@ -177,6 +179,8 @@ def test_every_plan_analyze_writes_validates_and_reads_back(tmp_path: Path) -> N
         assert result.exit_code in (0, 1), (argv, result.output)
         document = json.loads(out.read_text(encoding="utf-8"))
         assert reference_errors(document) == [], (argv, reference_errors(document)[:3])
+        for flag, key in (("--no-inplace", "inplace"), ("--no-fuse-update", "fuse_update")):
+            assert document.get(key, True) is (flag not in argv), (argv, key)
         assert read_plan(out) == document
         target = argv[argv.index("--target") + 1]
         checked = invoke("check", "tinycnn", "--target", target, "--ram", "4M", "--plan", str(out))
