@@ -784,6 +784,9 @@ def _from_file(path: str, given: tuple[int, ...] | None, trust_pickle: bool) -> 
     """Recognise an existing file by content and load it."""
     if os.path.isdir(path):
         raise ModelLoadError(f"{path} is a directory, not a model file; {ACCEPTED_FORMATS}")
+    if not os.path.isfile(path):  # reading /dev/zero never ends, a named pipe waits for a writer
+        raise ModelLoadError(f"{path} is not a regular file (a device, pipe or socket), not a model file; "
+                             f"{ACCEPTED_FORMATS}")
     try:
         is_zip = zipfile.is_zipfile(path)
         with open(path, "rb") as fh:

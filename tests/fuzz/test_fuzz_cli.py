@@ -86,7 +86,7 @@ for _option in ("--json", "--out", "--html", "--junit"):
 GOOD_MODELS = ["tinycnn"] * 4 + ["fuzzmods:make", "fuzzmods:Net"]
 HOSTILE_MODELS = ["fuzzmods:missing", "nomodule:make", "os:getcwd", "sys:exit", "json:loads", "torch.nn:Identity",
                   "torch.nn:ReLU", "plan.json", "binary.bin", "subdir", "keep.txt", "missing.pt2", "tinycnn.pt", "",
-                  " ", "zoo:tinycnn", "mobilenetv2-w0", "mobilenetv2-wabc", "TINYCNN", "a" * 5000, "a:b:c", *ESCAPES]
+                  " ", "zoo:tinycnn", "mobilenetv2-w0", "mobilenetv2-wabc", "TINYCNN", "a" * 5000, "a:b:c", "/dev/zero", *ESCAPES]
 models = st.one_of(st.sampled_from(GOOD_MODELS), st.sampled_from(GOOD_MODELS), st.sampled_from(GOOD_MODELS),
                    st.sampled_from(HOSTILE_MODELS), text)
 

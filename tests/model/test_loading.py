@@ -727,3 +727,14 @@ def test_a_damaged_zip_archive_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError) as err:
         load_model(path)
     assert "is a damaged zip archive (NotImplementedError: zip file version 6.4)" in one_line(err)
+
+
+def test_a_device_or_a_named_pipe_is_not_read_as_a_model(tmp_path: Path) -> None:
+    """Reading /dev/zero never ends and a named pipe waits for a writer: both are refused unread
+    (found by hand after the fuzz suite, which cannot snapshot a folder that holds a pipe)."""
+    fifo = tmp_path / "model.pt2"
+    os.mkfifo(fifo)
+    for source in ("/dev/zero", str(fifo)):
+        with pytest.raises(ModelLoadError) as err:
+            load_model(source)
+        assert "is not a regular file (a device, pipe or socket)" in one_line(err)
