@@ -249,7 +249,7 @@ TrustOpt = Annotated[bool, typer.Option("--trust-pickle", help="Allow loading a 
                                         "code from the file.")]
 TraceOpt = Annotated[str, typer.Option("--trace", metavar="auto|fx|export",
                                        help="auto (fx, falling back to torch.export), fx or export.")]
-GroupOpt = Annotated[int, typer.Option("--group-size", min=1, metavar="N",
+GroupOpt = Annotated[int, typer.Option("--group-size", min=1, max=2**31 - 1, metavar="N",
                                        help="Output channels per neuron group.")]
 RamOpt = Annotated[str | None, typer.Option("--ram", metavar="SIZE",
                                             help="RAM budget, e.g. 256k, 0.5M, 262144 (k = 1024). "
@@ -845,6 +845,9 @@ def analyze(
                                  fuse_update=not no_fuse_update)  # type: ignore[arg-type]
     plan, doc = analysis.plan, analysis.document
     if out is not None:
+        from budgetplan.schemas import validate_plan
+
+        validate_plan(doc, out)  # a plan file budgetplan could not read back is never written
         outputs.write(out, dumps_plan(doc))
     if html is not None:
         from budgetplan.emit.report_html import render_html

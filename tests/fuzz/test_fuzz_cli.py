@@ -9,16 +9,19 @@ the invariants of :mod:`fuzz_support`. A few cases also run as real processes.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 
+import jsonschema
 import pytest
 import typer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from budgetplan.cli import app
+from budgetplan.schemas import load_schema
 from fuzz_support import ENV, examples, run_case, snapshot, workdir
 
 COMMANDS = {name: cmd for name, cmd in typer.main.get_command(app).commands.items()}
@@ -135,7 +138,15 @@ def argvs(draw: st.DrawFn) -> list[str]:
 @given(argv=argvs())
 def test_fuzz_cli_arguments(argv: list[str]) -> None:
     with workdir() as root:
-        run_case("cli arguments", argv, root)
+        result = run_case("cli arguments", argv, root)
+        if argv[0] == "analyze" and result.exit_code in (0, 1) and "--out" in argv:
+            # what analyze writes, budgetplan reads back: the plan validates against the shipped schema
+            out = root / argv[argv.index("--out") + 1]
+            if out.is_file() and out.stat().st_size and out.suffix != ".html":
+                document = json.loads(out.read_text(encoding="utf-8"))
+                if isinstance(document, dict) and document.get("format") == "budgetplan-plan":
+                    errors = list(jsonschema.Draft202012Validator(load_schema("plan")).iter_errors(document))
+                    assert not errors, (argv, errors[0].message)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -298,3 +298,17 @@ def test_nan_and_infinity_are_refused_for_numeric_options() -> None:
     assert_cli_error(invoke("analyze", "tinycnn", "--time-limit", "inf"), "--time-limit", "not a finite number")
     assert_cli_error(invoke("export", "tinycnn", "--plan", "p.json", "--out", "o", "--lr", "nan"),
                      "--lr", "not a finite number")
+
+
+# --------------------------------------------------------------------------------------------------
+# found on the way
+# --------------------------------------------------------------------------------------------------
+
+
+def test_analyze_never_writes_a_plan_it_cannot_read_back(tmp_path: Path) -> None:
+    """--group-size 99999999999999999999 used to be planned and written; check then refused the file
+    (its group_size beyond the schema's 2**31 - 1). Now the option is bounded, before any work."""
+    out = tmp_path / "plan.json"
+    assert_cli_error(invoke("analyze", "tinycnn", "--group-size", "99999999999999999999", "--out", str(out)),
+                     "--group-size")
+    assert not out.exists()
