@@ -146,7 +146,7 @@ def _with_scratch(plan: ArenaPlan, scratch: dict[str, int], last_step: int, alig
     return ArenaPlan(placements, offset, peak, at, alignment, plan.algorithm)
 
 
-def _search(blocks: list[list[ArenaBuffer]], bound: int, alignment: int) -> ArenaPlan:
+def _search(blocks: list[list[ArenaBuffer]], bound: int, alignment: int, *, long_first: bool = False) -> ArenaPlan:
     """A deterministic local search (seeded): start from the blocks that live at every step at the bottom,
     then those held to the end (earliest first), then the others largest first, first fit; then, up to :data:`SEARCH_TRIES` times, take the block that
     reaches highest, lift every block that meets it in time (not the whole-step ones) and put them back in
@@ -160,11 +160,19 @@ def _search(blocks: list[list[ArenaBuffer]], bound: int, alignment: int) -> Aren
              for block in blocks]
     sizes = [max((b.size for b in block), default=0) for block in blocks]
     to_end = [bool(block) and max(b.last for b in block) == last for block in blocks]
+    life = [max((b.last for b in block), default=0) - min((b.first for b in block), default=0) for block in blocks]
     # whole-step tensors at the bottom, then those held to the end (longest first: a staircase), then
-    # the others largest first
-    start = sorted(range(len(blocks)), key=lambda i: (not whole[i], not to_end[i],
-                                                     min((b.first for b in blocks[i]), default=0) if to_end[i] else 0,
-                                                     -sizes[i], i))
+    # (``long_first``) those that live over half the step, longest first, then the others largest first
+    def tier(i: int) -> tuple[int, int, int]:
+        if whole[i]:
+            return (0, 0, -sizes[i])
+        if to_end[i]:
+            return (1, -life[i], -sizes[i])
+        if long_first and 2 * life[i] > last:
+            return (2, -life[i], -sizes[i])
+        return (3, -sizes[i], 0)
+
+    start = sorted(range(len(blocks)), key=lambda i: (*tier(i), i))
     plan = plan_blocks(blocks, alignment=alignment, order=start, fit="first")
     offsets = {p.buffer.name: p.offset for p in plan.placements}
     offset = [offsets[block[0].name] if block else 0 for block in blocks]
@@ -188,7 +196,8 @@ def _search(blocks: list[list[ArenaBuffer]], bound: int, alignment: int) -> Aren
             lifted = [i for i in movable if span[i][0] <= hi and lo <= span[i][1]]
             short = [span[i] for i in lifted if span[i][1] - span[i][0] <= short_life]
             lo, hi = min([lo, *(a for a, _ in short)]), max([hi, *(b for _, b in short)])
-        lifted = sorted(lifted, key=lambda i: -need[i])[:SEARCH_LIFT]
+        lifted = [top, *sorted((i for i in lifted if i != top), key=lambda i: -need[i])[:SEARCH_LIFT - 1]]
+        lifted = [i for i in lifted if not whole[i]]
         saved = {i: offset[i] for i in lifted}
         lifted_set = set(lifted)
         placed = [(offset[j], b) for j, block in enumerate(blocks) if j not in lifted_set for b in block if b.size]
@@ -221,6 +230,9 @@ def plan_device_arena(estimate: McuTrainingEstimate, *, alignment: int = ALIGNME
     searched = None
     if min(first_fit.arena_bytes, best_fit.arena_bytes) > bound * (1 + SEARCH_TOLERANCE):
         searched = _search(blocks, bound, alignment)
+        if searched.arena_bytes > bound * (1 + SEARCH_TOLERANCE):  # a second start: long-lived blocks first
+            second = _search(blocks, bound, alignment, long_first=True)
+            searched = second if second.arena_bytes < searched.arena_bytes else searched
     plans = [_with_scratch(p, estimate.scratch, last, alignment) if p is not None else None
              for p in (first_fit, best_fit, searched)]
     for plan in plans:

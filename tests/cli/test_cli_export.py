@@ -179,3 +179,26 @@ def test_host_plan_keeps_the_float32_step_arena(tmp_path: Path) -> None:
     document = json.loads((tmp_path / "o" / "arena.json").read_text())
     assert summary["device_arena"] is None and "runtime" not in document
     assert summary["peak_live_bytes"] == summary["step_peak_live_bytes"] == document["peak_live_bytes"]
+
+
+def test_runtime_options_are_recorded_and_repriced(tmp_path: Path) -> None:
+    """--no-inplace / --no-fuse-update are written into the plan (only when off), `check --plan` and `export`
+    re-price with them; a plan without them means the defaults."""
+    off, on = tmp_path / "off.json", tmp_path / "on.json"
+    args = ("tinycnn", "--target", "cortex-m7", "--ram", "64k", "--strategy", "full")
+    assert invoke("analyze", *args, "--no-inplace", "--no-fuse-update", "--out", str(off)).exit_code == 1
+    assert invoke("analyze", *args, "--out", str(on)).exit_code == 1
+    plan_off, plan_on = json.loads(off.read_text()), json.loads(on.read_text())
+    assert plan_off["inplace"] is False and plan_off["fuse_update"] is False
+    assert "inplace" not in plan_on and "fuse_update" not in plan_on
+    assert plan_off["peak_bytes"] > plan_on["peak_bytes"]  # the same full update without the two tricks
+    for plan, data in ((off, plan_off), (on, plan_on)):
+        check = invoke("check", "tinycnn", "--target", "cortex-m7", "--ram", "1M", "--plan", str(plan), "--json", "-")
+        assert check.exit_code == 0, check.output
+        message = next(c["message"] for c in json.loads(check.stdout)["checks"] if c["name"] == "plan")
+        assert f"peak {data['peak_bytes']} bytes" in message
+    export = invoke("export", "tinycnn", "--plan", str(off), "--out", str(tmp_path / "o"), "--json", "-")
+    assert export.exit_code == 0, export.stderr
+    assert json.loads(export.stdout)["plan_peak_bytes"] == plan_off["peak_bytes"]
+    assert json.loads((tmp_path / "o" / "arena.json").read_text())["options"] == {
+        "reorder": True, "inplace": False, "fuse_update": False}
