@@ -62,7 +62,7 @@ def main() -> None:
             print(f"{name:18s} {'x'.join(map(str, shape[2:])):>9s} {target:>9s} {ram:>6s} "
                   f"{len(build.step.updates):7d} {a.arena_bytes:10d} {a.peak_live_bytes:10d} "
                   f"{100 * a.fragmentation:7.2f} {first_fit:>10s} {build.step.unscheduled_peak_bytes:10d} "
-                  f"{outside:10d} {build.plan_peak_bytes:10d} {str(build.matches_eager):>6s} {seconds:7.1f}")
+                  f"{outside:10d} {build.plan_peak_bytes:10d} {build.matches_eager!s:>6s} {seconds:7.1f}")
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ from budgetplan.pricing.mcu.exact import McuTrainingEstimate, estimate_mcu, mcu_
 from budgetplan.selection.planner import Planner
 from budgetplan.targets import load_target
 
-print = functools.partial(print, flush=True)  # noqa: A001 - rows appear as they are computed
+print = functools.partial(print, flush=True)  # rows appear as they are computed
 
 M7 = load_target("cortex-m7")
 KIB = 1024
@@ -127,7 +127,7 @@ def schemes_vs_ilp() -> None:
             ours, theirs = sum(result.estimate.trained_parameters.values()), sum(scheme.trained_parameters.values())
             tt_kib = scheme.tiny_training["kib"] if scheme.tiny_training else float("nan")
             print(f"{name:18s} {label:6s} {tt_kib:7.2f} {theirs:13,d} {ours:10,d} {ours / theirs:5.2f} "
-                  f"{scheme.peak_bytes:8d} {result.estimate.peak_bytes:8d} {str(result.fits):>5s} {seconds:6.1f}")
+                  f"{scheme.peak_bytes:8d} {result.estimate.peak_bytes:8d} {result.fits!s:>5s} {seconds:6.1f}")
 
 
 def _hf_mobilenetv2(directory: Path) -> Path | None:
@@ -170,7 +170,7 @@ def real_models() -> None:
             est = analysis.plan.estimate
             total = sum(m.numel for m in analysis.model_graph.graph.parameters.values())
             trained = sum(est.trained_parameters.values())
-            print(f"{title:38s} {str(analysis.plan.fits):>5s} {trained:9,d} {100 * trained / total:8.2f} "
+            print(f"{title:38s} {analysis.plan.fits!s:>5s} {trained:9,d} {100 * trained / total:8.2f} "
                   f"{est.peak_bytes / KIB:9.1f}  {est.peak_at}")
             print(f"{'':38s} {'':>5s} {'':>9s} {'':>8s} {'':>9s}  {_holders(est, 3)}")  # type: ignore[arg-type]
 

@@ -31,6 +31,7 @@ the input stay outside). All sizes are bytes; lifetimes are schedule step indice
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -233,7 +234,7 @@ def plan_blocks(blocks: Sequence[Sequence[ArenaBuffer]], *, alignment: int = DEF
     _validate(flat, alignment)
     for block in blocks:
         spans = sorted((b.first, b.last) for b in block if b.size)
-        if any(a[1] >= b[0] for a, b in zip(spans, spans[1:])):
+        if any(a[1] >= b[0] for a, b in itertools.pairwise(spans)):
             raise InputError(f"the buffers of block {block[0].name!r} overlap in time")
 
     def key(i: int) -> tuple:

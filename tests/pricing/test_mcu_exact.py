@@ -115,7 +115,7 @@ def test_bias_only_keeps_masks_but_no_conv_inputs(tiny) -> None:
 
 
 def test_inference_peak_inplace_depthwise_and_kernel_buffers(tiny) -> None:
-    model, graph = tiny
+    _, graph = tiny
     # conv: image (192 B) + its output (512 B); the depthwise conv writes into its input's block (512 B)
     assert forward_report(graph, M7).totals.inference_peak_bytes == 192 + PLANE + TINY_SCRATCH_INPLACE
     frozen = estimate_mcu(graph, UpdateSet.none(), M7)
@@ -172,7 +172,7 @@ def test_fused_update_has_no_gradient_buffer_reorder_frees_each(tiny) -> None:
 
 
 def test_frozen_model_costs_no_training_memory(tiny) -> None:
-    model, graph = tiny
+    _, graph = tiny
     est = estimate_mcu(graph, UpdateSet.none(), M7)
     assert est.memory.weights == est.memory.gradients == est.memory.activations == 0
     assert est.backward_layers == [] and est.flops["backward"] == 0
@@ -180,7 +180,7 @@ def test_frozen_model_costs_no_training_memory(tiny) -> None:
 
 
 def test_every_rule_is_named_with_its_switch(tiny) -> None:
-    model, graph = tiny
+    _, graph = tiny
     est = estimate_mcu(graph, UpdateSet.none(), M7, inplace=False, fuse_update=True, reorder=False)
     rules = {r["name"]: r["enabled"] for r in est.rules}
     assert set(rules) == {"int8-activations", "inplace-depthwise-forward", "inplace-depthwise-backward",
@@ -209,7 +209,7 @@ def mbv2_tt():
 def test_tiny_training_forward_peak_is_the_int8_expansion_of_block_1(mbv2_tt) -> None:
     """MobileNetV2-w0.35 at 128×128 (tiny-training's .pkl config): block 1's pointwise conv reads
     8×64×64 int8 and writes 48×64×64 int8; nothing before or after holds more."""
-    model, graph = mbv2_tt
+    _, graph = mbv2_tt
     est = estimate_mcu(graph, UpdateSet.none(), M7)
     # kernel buffers: the first conv (3×3 stride 2 over 3 channels, 16 out) copies its weights to 16 bits,
     # 2·16·3·9 = 864 B; the in-place depthwise convs at 64×64 pad a channel: 2·66·66 = 8712 B

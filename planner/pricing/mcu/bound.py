@@ -273,6 +273,6 @@ def linear_cost_mcu(
         groups=groups, any_var=any_var, trained_var=trained_var, binaries=list(dict.fromkeys(binaries)),
         implications=implications, persistent=persistent.freeze(), rows=rows,
         backward_flops=flops.freeze(), forward_flops=sum(layer.flops for layer in layers),
-        notes=[f"TinyEngine rules: reorder {'on' if reorder else 'off'}, in-place {'on' if inplace else 'off'}, "
-               f"fused update {'on' if fuse else 'off'}"],
+        notes=[(f"TinyEngine rules: reorder {'on' if reorder else 'off'}, in-place {'on' if inplace else 'off'}, "
+                f"fused update {'on' if fuse else 'off'}")],
     )

@@ -73,8 +73,8 @@ from budgetplan.pricing.host.exact import MemoryBreakdown, TimelinePoint, Traini
 from budgetplan.pricing.mcu.tt_convention import tt_convention_memory
 from budgetplan.targets import Target
 
-__all__ = ["ALIGNMENT", "DeviceTensor", "McuLayout", "McuTrainingEstimate", "OPTIMIZER_STATE_PER_ELEMENT",
-           "RULES", "estimate_mcu", "forward_live_bytes", "mcu_layout", "round_up"]
+__all__ = ["ALIGNMENT", "OPTIMIZER_STATE_PER_ELEMENT", "RULES", "DeviceTensor", "McuLayout", "McuTrainingEstimate",
+           "estimate_mcu", "forward_live_bytes", "mcu_layout", "round_up"]
 
 OPTIMIZER_STATE_PER_ELEMENT = {"sgd": 0, "sgd-momentum": 1, "adam": 2}
 ALIGNMENT = 4  # TinyEngine rounds every tensor to 4 bytes
@@ -745,11 +745,10 @@ def estimate_mcu(
     forward_flops = sum(layer.flops for layer in layers)
     to_act = sum(cb.flops_to_activations for cb in ba.backward)
     to_param = sum(cb.flops_to_parameters for cb in ba.backward)
-    notes = [f"tiny-training conventions on TinyEngine's runtime: {target.activation_dtype} forward, "
-             f"{target.gradient_dtype} gradients; "
-             f"operator reordering {'on' if reorder else 'off'}, in-place depthwise {'on' if inplace else 'off'}, "
-             f"fused update {'on' if fuse else 'off'}; peak = arena {peak.live_bytes - scratch_bytes} + im2col "
-             f"{scratch.im2col} + kernel buffer {scratch.kernel} bytes"]
+    notes = [(f"tiny-training conventions on TinyEngine's runtime: {target.activation_dtype} forward, "
+              f"{target.gradient_dtype} gradients; operator reordering {'on' if reorder else 'off'}, in-place "
+              f"depthwise {'on' if inplace else 'off'}, fused update {'on' if fuse else 'off'}; peak = arena "
+              f"{peak.live_bytes - scratch_bytes} + im2col {scratch.im2col} + kernel buffer {scratch.kernel} bytes")]
     if in_place or inplace_bwd:
         notes.append(f"{len(in_place)} depthwise convs run in place forward, {len(inplace_bwd)} backward")
     if peak.phase == "forward" and weight_bytes + opt_bytes:
