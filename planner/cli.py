@@ -331,16 +331,17 @@ class _Outputs:
         key = _identity(path, option)
         self._inputs.setdefault(key, option)
         if key in self._claimed:
-            raise InputError(f"{self._claimed[key]} {path} is also the {option} input; write the output elsewhere")
+            raise InputError(f"{self._claimed[key]} is also the {option} input; write the output elsewhere")
 
-    def _claim(self, option: str, path: str) -> None:
-        key = _identity(path, option)
+    def _claim(self, label: str, path: str) -> None:
+        """Claim ``path`` for the output described by ``label`` (``--json out.json``)."""
+        key = _identity(path, label)
         if key in self._claimed:
-            raise InputError(f"{option} {path} and {self._claimed[key]} name the same file; give each output "
+            raise InputError(f"{label} and {self._claimed[key]} name the same file; give each output "
                              "its own path")
         if key in self._inputs:
-            raise InputError(f"{option} {path} is also the {self._inputs[key]} input; write the output elsewhere")
-        self._claimed[key] = option
+            raise InputError(f"{label} is also the {self._inputs[key]} input; write the output elsewhere")
+        self._claimed[key] = label
 
     def file(self, option: str, path: str | None, *, stdout: bool = False) -> None:
         """Check an output file option (``-`` means stdout where ``stdout``)."""
@@ -349,7 +350,7 @@ class _Outputs:
         hint = ", or '-' for stdout" if stdout else ""
         if not path.strip() or path == "-":
             raise InputError(f"{option} needs a file path{hint}")
-        self._claim(option, path)
+        self._claim(f"{option} {path}", path)
         info = _stat(path, option)
         if info is not None and os.path.isdir(path):
             raise InputError(f"{option} {path} is a directory; give a file path{hint}")
