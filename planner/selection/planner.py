@@ -548,6 +548,8 @@ def _interchangeable(model: LinearCostModel) -> dict[str, list[str]]:
     return {f"{key[0]}|{n}": members for n, (key, members) in enumerate(classes.items()) if len(members) > 1}
 
 
+#: the relative gap of the solves that only look for the tangents a distinct-score objective needs
+_SCOUT_GAP = 1e-3
 #: Above this many non-zeros, the points' constraints are sent as the chain of deltas (a continuous
 #: ``live_i`` per point, ``live_i >= live_{i-1} + delta_i``), else each point's whole expression.
 MATERIALIZE_NONZEROS = 200_000
@@ -606,7 +608,8 @@ def _point_constraints(model: LinearCostModel, name_of: list[str], keep: np.ndar
     return constraints, live
 
 
-def _score_constraints(n: int, count_var: str, scores: list[float], setup: str | None) -> list[Constraint]:
+def _score_constraints(n: int, count_var: str, scores: list[float], setup: str | None,
+                       only: set[int] | None = None) -> list[Constraint]:
     """The concave objective of a counted class with distinct scores (best first): ``z`` (the class's
     score, a continuous variable ``n{n}_score``) is at most the sum of the best ``count`` scores, as the
     tangent lines of that piecewise-linear function, in perspective form with the class's set-up
@@ -614,12 +617,20 @@ def _score_constraints(n: int, count_var: str, scores: list[float], setup: str |
     the tangents (exact at every integer count); with a fractional ``a`` they bound ``z`` by
     ``a·S(count / a)``, the convex hull of "nothing trained" and "a count trained", which keeps the LP
     relaxation from buying a fraction of a layer's set-up with its best channel's score. One tangent
-    per distinct score."""
+    per distinct score; with ``only``, just the tangents at those counts (a relaxation, see
+    :func:`_solve_ilp`)."""
     gain = f"n{n}_score"
     out: list[Constraint] = []
     prefix = 0.0
+    wanted = None
+    if only is not None:  # a count's tangent is the one where its run of equal scores starts
+        wanted = set()
+        for j in sorted(only):
+            while 0 < j < len(scores) and scores[j] == scores[j - 1]:
+                j -= 1
+            wanted.add(j)
     for j, s_next in enumerate(scores):
-        if j == 0 or s_next != scores[j - 1]:
+        if (j == 0 or s_next != scores[j - 1]) and (wanted is None or j in wanted):
             terms = {gain: 1.0, count_var: -s_next}
             if setup is not None:
                 terms[setup] = s_next * j - prefix
@@ -645,7 +656,6 @@ def _solve_ilp(model: LinearCostModel, score: dict[str, float], budget: int, flo
     parameter_of = {g.var: g.parameter for g in model.groups}
     counted: list[_Counted] = []
     replace: dict[str, str] = {}  # group var -> the integer count of its class
-    extra_constraints: list[Constraint] = []
     extra_continuous: list[str] = []
     objective: dict[str, float] = {}
     if classes is None:
@@ -653,6 +663,7 @@ def _solve_ilp(model: LinearCostModel, score: dict[str, float], budget: int, flo
     name_of = list(model.binaries)
     keep = np.ones(len(name_of), dtype=bool)
     implied = model.implied()
+    distinct: list[tuple[int, _Counted, list[float], str | None]] = []  # classes with a concave objective
     for n, (name, members) in enumerate(sorted(classes.items())):
         members = sorted(members, key=lambda v: (-score.get(v, 0.0), position[v]))  # ties: channel order
         count_var = f"n{n}"
@@ -670,7 +681,7 @@ def _solve_ilp(model: LinearCostModel, score: dict[str, float], budget: int, flo
             setup = model.any_var.get(parameter_of[members[0]])
             if setup not in implied.get(members[0], ()):
                 setup = None  # no set-up variable that a trained member forces on: plain tangents
-            extra_constraints += _score_constraints(n, count_var, scores, setup)
+            distinct.append((n, counted[-1], scores, setup))
     for v, sc in score.items():
         if v not in replace and sc:
             objective[v] = objective.get(v, 0.0) + sc
@@ -690,7 +701,6 @@ def _solve_ilp(model: LinearCostModel, score: dict[str, float], budget: int, flo
     constraints += point_constraints
     if flop_cap is not None:
         constraints.append(Constraint("backward_flops", rewrite(model.flops_row), float(flop_cap), "FLOPs"))
-    constraints += extra_constraints
     implications: list[Implication] = []
     class_of = {v: c for c in counted for v in c.members}
     for imp in model.implications:
@@ -704,18 +714,76 @@ def _solve_ilp(model: LinearCostModel, score: dict[str, float], budget: int, flo
         else:
             implications.append(imp)
     binaries = [v for v in model.binaries if v not in replace]
-    problem = SelectionProblem(binaries=binaries, objective=LinearExpr(objective), constraints=constraints,
-                               implications=implications,
-                               continuous=[_PERSISTENT, *extra_continuous, *live_vars],
-                               integers={c.count: len(c.members) for c in counted})
     start_values: dict[str, int] | None = None
     if warm is not None:
         binary_set = set(binaries)
         start_values = {v: int(bool(x)) for v, x in warm.items() if v in binary_set}
         for c in counted:
             start_values[c.count] = min(sum(1 for v in c.members if warm.get(v)), len(c.members))
+    # Distinct scores: the tangents of every count would be one row per group (9,144 on MobileNetV2, and
+    # HiGHS propagates all of them at every node). Start from the tangents at counts 0 and ~1.25^k - 1
+    # up to m-1 and around the start's count (a relaxation: z may exceed the true sum between tangents), solve, add the
+    # tangents at each class's chosen count where z exceeds its true sum, and solve again; when no class
+    # exceeds, the relaxation's optimum is the problem's. A gap-limited solve stops earlier once its
+    # true objective is within the gap of the relaxation's bound (an upper bound of the problem's).
+    chosen: dict[int, set[int]] = {}
+    for n, cls, scores, _ in distinct:
+        m = len(scores)
+        first = {0, m - 1} | {j for j in (int(1.25 ** k) - 1 for k in range(64)) if j < m}
+        if start_values is not None:
+            k = start_values.get(cls.count, 0)
+            first |= {j for j in (k - 1, k) if 0 <= j < m}
+        chosen[n] = first
+    prefix_sums = {n: np.concatenate([[0.0], np.cumsum(scores)]).tolist() for n, _, scores, _ in distinct}
     started = time.perf_counter()
-    result: SolveResult = solve(problem, solver=solver, time_limit=time_limit, gap=gap, warm_start=start_values)
+    rounds = 0
+    # rounds that only find the tangents run to a 0.1 % gap; the last one runs to the requested gap
+    scouting = bool(distinct) and (gap is None or gap < _SCOUT_GAP)
+    while True:
+        rounds += 1
+        score_rows = [row for n, cls, scores, setup in distinct
+                      for row in _score_constraints(n, cls.count, scores, setup, chosen[n])]
+        problem = SelectionProblem(binaries=binaries, objective=LinearExpr(objective),
+                                   constraints=constraints + score_rows, implications=implications,
+                                   continuous=[_PERSISTENT, *extra_continuous, *live_vars],
+                                   integers={c.count: len(c.members) for c in counted})
+        remaining = None if time_limit is None else max(time_limit - (time.perf_counter() - started), 0.05)
+        result: SolveResult = solve(problem, solver=solver, time_limit=remaining,
+                                    gap=_SCOUT_GAP if scouting else gap, warm_start=start_values)
+        if not result.has_solution or not distinct:
+            break
+        excess = 0.0
+        added = False
+        for n, cls, scores, _ in distinct:
+            k = result.values[cls.count]
+            z = result.continuous_values.get(f"n{n}_score", 0.0)
+            true = prefix_sums[n][k]
+            if z > true + 1e-6 * max(1.0, abs(true)):  # beyond the solver's feasibility tolerance
+                excess += z - true
+                near = {j for j in (k - 4, k - 2, k - 1, k, k + 1, k + 3) if 0 <= j < len(scores)}
+                added = added or not near <= chosen[n]
+                chosen[n] |= near
+        if not added:
+            excess = 0.0  # every tangent at the chosen counts is in: z is its true sum up to round-off
+        if excess == 0.0 and scouting:
+            scouting = False  # the tangents are found: prove the requested gap (warm from this plan)
+            start_values = dict(result.values)
+            continue
+        if excess == 0.0:
+            break
+        true_objective = result.objective - excess
+        bound = result.bound
+        out_of_time = time_limit is not None and time.perf_counter() - started >= time_limit
+        close = not scouting and gap is not None and bound is not None and \
+            bound - true_objective <= gap * abs(true_objective)
+        if close or out_of_time:
+            rel = (bound - true_objective) / abs(true_objective) if bound is not None and true_objective else None
+            why = "within the requested relative gap" if close else "time limit reached"
+            result = SolveResult("feasible", result.values, true_objective, rel, result.seconds, result.solver,
+                                 f"feasible: {why} (tangent rounds: {rounds}); objective {true_objective:.10g}",
+                                 bound=bound)
+            break
+        start_values = {v: x for v, x in result.values.items()}
     counts = {c.count for c in counted}
     values = {v: x for v, x in result.values.items() if v not in counts}
     for c in counted:
@@ -725,8 +793,8 @@ def _solve_ilp(model: LinearCostModel, score: dict[str, float], budget: int, flo
     info = {"name": result.solver, "status": result.status, "objective": result.objective, "gap": result.gap,
             "seconds": round(time.perf_counter() - started, 3), "message": result.message,
             "variables": len(binaries) + len(counted), "group_variables": len(model.groups),
-            "constraints": len(constraints),
-            "nonzeros": sum(len(c.expr.terms) for c in constraints) + 2 * len(implications)}
+            "constraints": len(problem.constraints), "tangent_rounds": rounds,
+            "nonzeros": sum(len(c.expr.terms) for c in problem.constraints) + 2 * len(implications)}
     return values, info
 
 
