@@ -24,7 +24,9 @@ Stages (what is timed):
 The transformer models are built from ``transformers`` configs (no download: random weights), attention
 through SDPA. The ladder's slope is the least-squares slope of log(seconds) on log(groups) per stage,
 over the host rows (1 = linear in groups). Writes ``--svg`` (default ``scale.svg``): seconds against
-groups on log–log axes, one line per stage. ``--cli`` also times ``budgetplan analyze mobilenetv2-w0.35
+groups on log–log axes, one line per stage. Then the issue's calls, each in a fresh process:
+``budgetplan.plan(model, x, target="host", ram=...)`` on ViT-Base (600M) and GPT-2 (1G), end to end,
+against the eager reference (time and peak RSS). ``--cli`` also times ``budgetplan analyze mobilenetv2-w0.35
 --target cortex-m7 --ram 256k`` against ``python -c "import torch"`` (medians of 5).
 
 Run: ``nice -n 10 .venv/bin/python benchmarks/scale.py [--models mobilenetv2-w0.35,resnet50,vit-small,vit-base,gpt2]
@@ -53,6 +55,7 @@ MODELS = ["mobilenetv2-w0.35", "resnet50", "vit-small", "vit-base", "gpt2"]
 STAGES = ["trace", "record", "price", "linear model", "solve", "re-price", "report"]
 TARGETS = [("host", None), ("cortex-m7", 512 * 1024)]
 HOST_FRACTION = 0.3  # host budget: this far from the frozen step's bound to full fine-tuning's
+GOALS = [("vit-base", "600M"), ("gpt2", "1G")]  # the issue's calls: plan() end to end, fresh process
 
 
 # --------------------------------------------------------------------------------------------------
@@ -216,6 +219,17 @@ def child_plan(name: str, target_name: str, ram: int | None) -> dict[str, Any]:
     return out
 
 
+def child_goal(name: str, ram: str) -> dict[str, Any]:
+    """The issue's call, end to end: ``budgetplan.plan(model, x, target="host", ram=ram)``."""
+    import budgetplan
+
+    model, x = build_model(name)
+    started = time.perf_counter()
+    result = budgetplan.plan(model, x, target="host", ram=ram)
+    return {"model": name, "ram": ram, "seconds": time.perf_counter() - started, "peak_rss": _max_rss(),
+            "fits": result.fits, "status": (result.solver or {}).get("status")}
+
+
 def child_eager(name: str) -> dict[str, Any]:
     import torch
 
@@ -346,6 +360,8 @@ def main() -> None:
         kind, name, *rest = args.child
         if kind == "eager":
             result = child_eager(name)
+        elif kind == "goal":
+            result = child_goal(name, rest[0])
         else:
             ram = int(rest[1]) if len(rest) > 1 and rest[1] != "-" else None
             result = child_plan(name, rest[0], ram)
@@ -384,6 +400,19 @@ def main() -> None:
                   f"slope {stage}: -")
         write_svg(rows, Path(args.svg))
         print(f"plot: {args.svg}")
+    eagers = {r["model"]: r["eager"] for r in rows}
+    for name, ram in GOALS:
+        if name not in args.models.split(","):
+            continue
+        g = _run_child(["--child", "goal", name, ram])
+        e = eagers.get(name) or _run_child(["--child", "eager", name])
+        if "error" in g or "error" in e:
+            print(f"goal {name}: failed: {g.get('error') or e.get('error')}")
+            continue
+        print(f"goal {name}: budgetplan.plan(model, x, target='host', ram='{ram}') {g['seconds']:.2f} s "
+              f"({g['status']}, fits {g['fits']}) = {g['seconds'] / e['seconds']:.1f} x one eager forward+backward "
+              f"({e['seconds']:.2f} s); peak RSS {_mb(g['peak_rss'])} MB = {g['peak_rss'] / e['peak_rss']:.2f} x "
+              f"eager's {_mb(e['peak_rss'])} MB")
     if args.cli:
         c = cli_ratio()
         print(f"CLI: analyze mobilenetv2-w0.35 --target cortex-m7 --ram 256k {c['analyze_s']:.2f} s, "
