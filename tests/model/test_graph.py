@@ -180,3 +180,49 @@ def test_an_input_sliced_from_a_larger_tensor_is_priced_by_its_own_size() -> Non
     input_bytes = [s.nbytes for s in sliced.storages.values() if s.is_input]
     assert input_bytes == [3 * 16 * 16 * 4]
     assert input_bytes == [s.nbytes for s in fresh.storages.values() if s.is_input]
+
+
+def _layer_facts(graph) -> list[tuple]:
+    """Everything a layer graph says, with storage identities renamed in order of appearance."""
+    ids: dict[int, int] = {}
+
+    def k(key):
+        return ids.setdefault(key, len(ids))
+
+    facts = []
+    for layer in graph.layers():
+        facts.append((layer.name, layer.op, layer.parameters, layer.buffers, layer.inputs, layer.input_shapes,
+                      layer.output_shapes, layer.flops, layer.new_storage_bytes, layer.weight, layer.neuron_groups,
+                      tuple(k(s) for s in layer.output_storages),
+                      tuple((c.op, c.flops, tuple(k(s) for s in c.input_keys), tuple(k(s) for s in c.output_keys))
+                            for c in layer.aten)))
+    storages = sorted((k(s.key), s.producer, s.nbytes, s.floating, s.is_input) for s in graph.storages.values())
+    params = sorted((k(key), name) for key, name in graph.parameter_storages.items())
+    return [facts, storages, params, tuple(k(s) for s in graph.output_storages)]
+
+
+@pytest.mark.parametrize("name", ["mobilenetv2-w0.35", "vit-tiny"])
+def test_fake_recording_equals_the_real_one(name: str) -> None:
+    """Shapes, ops, FLOPs, parameters and storage identities (views, in-place ops) recorded on fake tensors
+    are those of a run on the example's values."""
+    model, entry = zoo.build(name)
+    model.train()
+    x = torch.randn((1, 3, 64, 64) if name == "mobilenetv2-w0.35" else entry.input_shape)
+    for method in ("fx", "export"):
+        traced = trace_model(model, (x,), method=method)
+        fake = build_layer_graph(traced, (x,), values="fake")
+        real = build_layer_graph(traced, (x,), values="real")
+        assert fake.cache["record values"] == "fake" and real.cache["record values"] == "real"
+        assert _layer_facts(fake) == _layer_facts(real), (name, method)
+
+
+def test_a_failing_node_is_named_with_its_module() -> None:
+    """The graph traced for one input width cannot run on another: the error names the fx node and the
+    module path, in one line."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
+    traced = trace_model(model, (torch.randn(1, 3, 8, 8),))
+    for values in ("real", "fake"):
+        with pytest.raises(TraceError) as info:
+            build_layer_graph(traced, (torch.randn(1, 3, 9, 9),), values=values)
+        message = str(info.value)
+        assert "node '_2'" in message and "module '2'" in message and "\n" not in message, message
