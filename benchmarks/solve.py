@@ -113,6 +113,8 @@ def main(cases: list | None = None, vit_base: bool = False) -> None:
             print(f"{name:18s} {kib:6d}k {first.groups_total:6d} {first.solver['variables']:8d} {cells} "
                   f"{first.objective:9.0f} {greedy.objective:9.0f} {rand.objective:9.0f} {str(fits):>5s} {distinct}")
             for r in results.values():
+                if r.solver["status"] == "error":
+                    print(f"{'':18s} {r.solver['name']} error: {r.solver['message']}")
                 if r.solver["status"] == "optimal":
                     assert r.objective >= greedy.objective - 1e-6, "ILP below greedy"
         print(f"{'':18s} analyze end to end (library, after import): {end_to_end:.2f} s at "
@@ -132,4 +134,7 @@ def main(cases: list | None = None, vit_base: bool = False) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vit-base", action="store_true")
-    main(vit_base=parser.parse_args().vit_base)
+    parser.add_argument("--models", help="comma-separated subset of the cases' models")
+    options = parser.parse_args()
+    chosen = [c for c in CASES if options.models is None or c[0] in options.models.split(",")]
+    main(chosen, vit_base=options.vit_base)
