@@ -49,7 +49,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-print = functools.partial(print, flush=True)  # noqa: A001 - rows appear as they are computed
+print = functools.partial(print, flush=True)
 
 MODELS = ["mobilenetv2-w0.35", "resnet50", "vit-small", "vit-base", "gpt2"]
 STAGES = ["trace", "record", "price", "linear model", "solve", "re-price", "report"]
@@ -210,7 +210,7 @@ def child_plan(name: str, target_name: str, ram: int | None) -> dict[str, Any]:
     lap("report")
     monitor.stop()
     out.update(
-        budget=ram, groups=len(linear.groups), points=len(linear.rows), nonzeros=int(len(linear.rows.cols)),
+        budget=ram, groups=len(linear.groups), points=len(linear.rows), nonzeros=len(linear.rows.cols),
         ilp_variables=(result.solver or {}).get("variables"), ilp_constraints=(result.solver or {}).get("constraints"),
         ilp_nonzeros=(result.solver or {}).get("nonzeros"), status=(result.solver or {}).get("status"),
         fits=result.fits, solver_seconds=(result.solver or {}).get("seconds"), peak_rss=_max_rss(),
@@ -248,7 +248,7 @@ def child_eager(name: str) -> dict[str, Any]:
 
 
 def _run_child(args: list[str]) -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
         return {"error": tail}
@@ -315,10 +315,10 @@ def write_svg(rows: list[dict[str, Any]], path: Path) -> None:
     def py(y: float) -> float:
         return top + ph - (math.log10(max(y, 1e-3)) - ly0) / max(ly1 - ly0, 1) * ph
 
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" '
-           f'font-size="12"><rect width="{w}" height="{h}" fill="white"/>',
-           f'<text x="{left}" y="18" font-size="14">budgetplan: seconds per stage against neuron groups '
-           f'(host, log–log)</text>']
+    out = [(f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" '
+            f'font-size="12"><rect width="{w}" height="{h}" fill="white"/>'),
+           (f'<text x="{left}" y="18" font-size="14">budgetplan: seconds per stage against neuron groups '
+            f'(host, log–log)</text>')]
     for e in range(lx0, lx1 + 1):
         x = px(10 ** e)
         out.append(f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{top + ph}" stroke="#ddd"/>'

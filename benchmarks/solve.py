@@ -31,7 +31,7 @@ from budgetplan.selection.planner import Planner, plan_update
 from budgetplan.selection.solver import available_solvers
 from budgetplan.targets import resolve_target
 
-print = functools.partial(print, flush=True)  # noqa: A001 - rows appear as they are computed
+print = functools.partial(print, flush=True)
 
 TIME_LIMIT = 120.0  # seconds per solve; a solve stopped by it reports "feasible" (or "no-solution")
 
@@ -111,7 +111,7 @@ def main(cases: list | None = None, vit_base: bool = False) -> None:
             planner = Planner(graph, target, budget)
             distinct = distinct_cells(planner, velocity_like_scores(planner)) if "highs" in solvers else "-"
             print(f"{name:18s} {kib:6d}k {first.groups_total:6d} {first.solver['variables']:8d} {cells} "
-                  f"{first.objective:9.0f} {greedy.objective:9.0f} {rand.objective:9.0f} {str(fits):>5s} {distinct}")
+                  f"{first.objective:9.0f} {greedy.objective:9.0f} {rand.objective:9.0f} {fits!s:>5s} {distinct}")
             for r in results.values():
                 if r.solver["status"] == "error":
                     print(f"{'':18s} {r.solver['name']} error: {r.solver['message']}")

@@ -27,15 +27,14 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.fx as fx
-from torch import nn
+from torch import fx, nn
 from torch.utils._pytree import tree_flatten
 
 from budgetplan.cost_models.dispatch import RecordingMode
-from budgetplan.model.compute import planning_compute
 from budgetplan.cost_models.flops import op_flops
 from budgetplan.cost_models.meta import TensorMeta, storage_key, to_meta
 from budgetplan.errors import TraceError, first_line
+from budgetplan.model.compute import planning_compute
 from budgetplan.model.tracing import TracedModel
 
 if TYPE_CHECKING:
@@ -276,7 +275,7 @@ class GraphRecorder(fx.Interpreter):
                 result = super().run_node(n)
         except NodeFailure:
             raise
-        except Exception as exc:  # noqa: BLE001 - re-raised with the node that failed
+        except Exception as exc:
             raise NodeFailure(n, exc) from exc
         self.keep_alive.append(result)
         return result

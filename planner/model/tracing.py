@@ -16,14 +16,13 @@ a boolean mask into a float one and keeps it for backward, so the traced program
 
 from __future__ import annotations
 
+import operator
 import traceback
 from dataclasses import dataclass
-import operator
 from typing import Any, Literal
 
 import torch
-import torch.fx as fx
-from torch import nn
+from torch import fx, nn
 
 from budgetplan.errors import TraceError, first_line
 

@@ -35,14 +35,21 @@ import numpy as np
 from torch import nn
 
 from budgetplan.errors import InputError
+from budgetplan.model.graph import LayerGraph
 from budgetplan.model.modes import BatchNormPolicy, graph_in_training_modes
+from budgetplan.model.update_set import UpdateSet, from_sparse_update_config
 from budgetplan.pricing.family import PricingOptions, for_target
 from budgetplan.pricing.host.exact import TrainingEstimate
-from budgetplan.model.graph import LayerGraph
-from budgetplan.selection.solver import Constraint, Implication, LinearExpr, SelectionProblem, SolveResult, solve
 from budgetplan.pricing.linear import LinearCostModel
+from budgetplan.selection.solver import (
+    Constraint,
+    Implication,
+    LinearExpr,
+    SelectionProblem,
+    SolveResult,
+    solve,
+)
 from budgetplan.targets import Target, resolve_budget, resolve_target
-from budgetplan.model.update_set import UpdateSet, from_sparse_update_config
 
 STRATEGIES = ("ilp", "greedy", "random", "bias-only", "last-k", "full")
 SCORE_KINDS = ("params", "uniform")

@@ -15,8 +15,8 @@ from model_styles import STYLE_MODELS, SYMBOLIC_TRACE_FAILS
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from budgetplan.model import zoo
 from budgetplan.errors import TraceError
+from budgetplan.model import zoo
 from budgetplan.model.graph import build_layer_graph, unique_parameters
 from budgetplan.model.tracing import trace_model
 

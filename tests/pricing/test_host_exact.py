@@ -13,9 +13,8 @@ locals (q, k, v, scores) until it returns; that peak is checked within 10 % (doc
 
 from __future__ import annotations
 
-import random
-
 import copy
+import random
 
 import pytest
 import torch
@@ -24,12 +23,12 @@ from model_styles import STYLE_MODELS
 from torch import nn
 
 from budgetplan.model import zoo
-from budgetplan.pricing.host.exact import estimate_host
 from budgetplan.model.graph import build_layer_graph
-from budgetplan.runtime.measure import measure_step
-from budgetplan.targets import load_target
 from budgetplan.model.tracing import trace_model
 from budgetplan.model.update_set import UpdateSet, from_patterns
+from budgetplan.pricing.host.exact import estimate_host
+from budgetplan.runtime.measure import measure_step
+from budgetplan.targets import load_target
 
 HOST = load_target("host")
 

@@ -32,9 +32,9 @@ def linear_cost_host(graph: LayerGraph, target: Target, *, optimizer: str = "sgd
     saved tensor kept until the backward of the earliest call that may keep it, each activation gradient
     alive from its writer's backward to its last consumer's, every backward's workspace charged while it
     may run, Adam's step temporaries charged as twice the largest parameter."""
-    from budgetplan.pricing.gradient_flow import full_backward, saved_copy_key
     from budgetplan.cost_models.saved import NO_GRAD_OPS, outputs_differentiable, probe_saved, saved_refs
     from budgetplan.cost_models.workspace import backward_workspace
+    from budgetplan.pricing.gradient_flow import full_backward, saved_copy_key
     from budgetplan.pricing.host.exact import (
         LOSS_BYTES,
         OPTIMIZERS,

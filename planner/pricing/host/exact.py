@@ -19,12 +19,12 @@ import heapq
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from budgetplan.pricing.gradient_flow import BackwardAnalysis, analyze_backward
 from budgetplan.cost_models.workspace import backward_workspace
 from budgetplan.errors import InputError
 from budgetplan.model.graph import LayerGraph
-from budgetplan.targets import Target
 from budgetplan.model.update_set import UpdateSet
+from budgetplan.pricing.gradient_flow import BackwardAnalysis, analyze_backward
+from budgetplan.targets import Target
 
 OPTIMIZERS = ("sgd", "sgd-momentum", "adam")
 LOSS_BYTES = 4  # the float32 loss scalar, alive from the loss to the end of the step
