@@ -93,7 +93,7 @@ def main(cases: list | None = None, vit_base: bool = False) -> None:
               + f" {'distinct 1% s':>18s} {'distinct exact s':>18s} {'ilp/greedy':>12s}")
     print(header)
     print("-" * len(header))
-    for name, shape, target_name, budgets_kib in cases or CASES:
+    for name, shape, target_name, budgets_kib in CASES if cases is None else cases:
         target = resolve_target(target_name)
         started = time.perf_counter()
         analysis = analyze_model(name, target=target, ram=budgets_kib[0] * 1024, input_shape=shape)
