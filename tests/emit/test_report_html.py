@@ -3,7 +3,7 @@
 The page is parsed with the stdlib ``html.parser`` into a small tree; the assertions recompute what the
 page must show from the plan document itself (the timeline's points and scale, the budget line, the
 exact positions of the selected neuron groups from ``update[]``), so a drawing that drifts from the
-document fails. A real plan (tinycnn on a Cortex-M7 with 64 KiB) and hand-made documents (hostile
+document fails. A real plan (tinycnn on a Cortex-M7 with 32 KiB) and hand-made documents (hostile
 strings, group size 2, a budget far above the peak, a 300-layer model) are rendered.
 
 When Debian's ``chromium`` is installed, a real browser renders the page to a PNG; without it that test
@@ -165,7 +165,7 @@ def drawn_groups(row: Node) -> tuple[set[int], int]:
 
 @pytest.fixture(scope="module")
 def tiny_doc() -> dict[str, Any]:
-    document = analyze_model("tinycnn", target="cortex-m7", ram="64k").document
+    document = analyze_model("tinycnn", target="cortex-m7", ram="32k").document
     # the plan this file relies on: something trained, part of a layer, solved by a solver
     assert document["solver"] is not None and document["fits"]
     assert any(u["channels"] is not None for u in document["update"])
@@ -297,7 +297,7 @@ def test_budget_line_sits_at_the_budget_on_the_chart_scale(tiny_page: str, tiny_
     assert ymax >= max(budget, tiny_doc["peak_bytes"])
     ticks = {float(t.attrs["data-bytes"]): float(t.attrs["y"]) - 4 for t in svg.find_all("text", "tick")}
     assert ticks[0.0] == pytest.approx(top + height) and ticks[max(ticks)] == pytest.approx(top)
-    assert "budget 64.0 KiB" in svg.find("text", "budget-label").text()
+    assert f"budget {budget / 1024:.1f} KiB" in svg.find("text", "budget-label").text()
 
 
 def test_peak_and_phases_are_marked(tiny_page: str, tiny_doc: dict[str, Any]) -> None:

@@ -511,7 +511,7 @@ def tinycnn_plan(tmp_path_factory) -> tuple[dict, Path]:
     from budgetplan.pipeline import analyze_model
     from budgetplan.emit.plan_file import dumps_plan
 
-    analysis = analyze_model("tinycnn", target="cortex-m7", ram="64k")
+    analysis = analyze_model("tinycnn", target="cortex-m7", ram="32k")
     path = tmp_path_factory.mktemp("plan") / "plan.json"
     path.write_text(dumps_plan(analysis.document))
     return analysis.document, path
