@@ -242,15 +242,24 @@ class _Fill:
 
 
 def smallest_useful_budget(model: LinearCostModel,
-                           classes: Mapping[str, list[str]] | None = None) -> tuple[float, str | None]:
-    """The smallest bound on the peak with exactly one group trained, and that group's variable.
-    ``classes`` (:func:`_interchangeable`): members of a class cost the same, so only the first of each
-    is tried (ResNet-50: 900 evaluations instead of 28,666)."""
-    skip = {v for members in (classes or {}).values() for v in members[1:]}
+                           classes: Mapping[str, list[str]] | None = None,
+                           score: Mapping[str, float] | None = None) -> tuple[float, str | None]:
+    """The smallest bound on the peak (bytes) with exactly one useful group trained, and that group's
+    variable. A group is useful when its ``score`` is positive (every group when ``score`` is None): a
+    budget that only fits groups scored 0 still trains nothing. ``classes`` (:func:`_interchangeable`):
+    members of a class cost the same, so only the first of each is tried (ResNet-50: 900 evaluations
+    instead of 28,666): the first useful member of a class stands for it."""
+    def useful(var: str) -> bool:
+        return score is None or score.get(var, 0.0) > 0
+
+    skip: set[str] = set()
+    for members in (classes or {}).values():
+        useful_members = [m for m in members if useful(m)]
+        skip.update(useful_members[1:])
     best: tuple[float, str | None] = (math.inf, None)
     fill = _Fill(model, math.inf, None)
     for g in model.groups:
-        if g.var in skip:
+        if g.var in skip or not useful(g.var):
             continue
         peak = fill.peak_with(g.var)
         if peak < best[0]:
@@ -472,7 +481,7 @@ class Planner:
             notes.append(f"the solver stopped without a plan ({solver_info['status']}: {solver_info['message']}); "
                          "raise --time-limit or use --strategy greedy")
         elif update.is_empty:
-            smallest, var = smallest_useful_budget(model, self.interchangeable())
+            smallest, var = smallest_useful_budget(model, self.interchangeable(), score)
             if var is not None:
                 group = next(g for g in model.groups if g.var == var)
                 notes.append(f"nothing can be trained within {budget_bytes} bytes; the cheapest single group "
