@@ -420,7 +420,10 @@ def test_mcu_frozen_weights_are_not_in_sram(tinycnn: tuple[nn.Module, tuple[int,
         assert data["memory"]["weights"] == mcu_param_bytes(model, fc) == 640 * 1 + 10 * 4
         assert data["memory"]["gradients"] == 650 * grad_bytes
         assert data["memory"]["optimizer"] == state_per_element * 650 * opt_bytes
-        assert data["memory"]["other"] == 0
+        # "other" is TinyEngine's kernel scratch (im2col, depthwise padding: BRIEF §7), the same whatever
+        # is trained, so no frozen weight hides in it
+        assert data["memory"]["other"] == sum(data["scratch"].values()) == sum(frozen["scratch"].values())
+        assert data["memory"]["other"] == frozen["memory"]["other"]
         check_timeline(data)
     host = estimate("tinycnn", "--update", "fc")
     assert host["memory"]["weights"] == state_bytes(model)  # on the host every weight is in RAM
@@ -735,9 +738,11 @@ def test_json_output_doc_estimate_matches_the_tool() -> None:
     command, example = doc_example(section, "estimate")
     assert "--json -" in command
     actual = run_json(*cli_argv(command.replace(" --json -", "")))
-    assert {k: v for k, v in example.items() if k != "timeline"} == {
-        k: v for k, v in actual.items() if k != "timeline"}
-    assert_trimmed(example["timeline"], actual["timeline"])
+    shortened = ("timeline", "rules", "device_tensors")  # lists the doc cuts down
+    assert {k: v for k, v in example.items() if k not in shortened} == {
+        k: v for k, v in actual.items() if k not in shortened}
+    for key in shortened:
+        assert_trimmed(example[key], actual[key])
 
     assert documented_fields(doc_section(section, "### Top level")) == set(actual)
     assert documented_fields(doc_section(section, "### `memory`")) == set(actual["memory"])
