@@ -231,6 +231,18 @@ def _root(
     from budgetplan.integrations.progress import configure_logging  # logging + rich progress (issue 13)
 
     configure_logging("quiet" if quiet else "verbose" if verbose else "normal")
+    _verbosity["quiet"] = quiet
+
+
+_verbosity = {"quiet": False}
+
+
+def _working(message: str) -> contextlib.AbstractContextManager[Any]:
+    """A transient spinner on stderr while a command works (drawn only on a terminal), none with
+    ``--quiet``."""
+    if _verbosity["quiet"]:
+        return contextlib.nullcontext()
+    return err_console.status(message, spinner="dots")
 
 
 # Options shared by the commands that read a model.
@@ -740,7 +752,7 @@ def measure(
     updates = _update_arg(update, outputs)
     outputs.file("--json", json_out, stdout=True)
     _check_trace_and_optimizer(trace, optimizer)
-    with _quiet_torch():
+    with _working("one training step, eager and traced, measured…"), _quiet_torch():
         result = measure_training(model, update=updates, optimizer=optimizer, input_shape=_shape(input_shape),
                                   weights=weights, trust_pickle=trust_pickle, trace=trace)  # type: ignore[arg-type]
     if json_out is not None:
@@ -837,7 +849,7 @@ def analyze(
         outputs.file(option, path, stdout=option == "--json")
     _check_trace_and_optimizer(trace, optimizer)
     scores = _scores_arg(objective, outputs)
-    with console.status("tracing, pricing and solving…", spinner="dots"), _quiet_torch():
+    with _working("tracing, pricing and solving…"), _quiet_torch():
         analysis = analyze_model(model, target=target, ram=ram, strategy=strategy, scores=scores,
                                  optimizer=optimizer, reorder=not no_reorder, solver=solver, time_limit=time_limit,
                                  gap=gap, max_flops=max_flops, max_latency_s=max_latency, last_k=last_k, seed=seed,
@@ -1001,7 +1013,7 @@ def export_command(
         raise InputError(f"unknown --trace '{trace}'; use auto, fx or export")
     from budgetplan.runtime.device_step import build_device_step
 
-    with console.status("tracing, building the step and checking…", spinner="dots"), _quiet_torch():
+    with _working("tracing, building the step and checking…"), _quiet_torch():
         build = build_device_step(model, plan, input_shape=_shape(input_shape), weights=weights,
                                    trust_pickle=trust_pickle, trace=trace, loss=loss, lr=lr, batchnorm=batchnorm)
     files = {"step.py": build.step.python_source(),

@@ -558,3 +558,27 @@ def test_cli_doc_covers_every_command_and_option() -> None:
                     assert f"`{opt}" in section or f", `{opt}`" in section, (name, opt)
     for code in ("0", "1", "2", "3"):
         assert re.search(rf"^\| {code} \| ", doc, re.MULTILINE), code
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_spinner_on_a_terminal_and_none_with_quiet(monkeypatch: pytest.MonkeyPatch, quiet: bool) -> None:
+    """On a terminal, long commands (analyze, measure) draw a transient spinner on stderr; --quiet draws
+    none. The terminal is a rich console forced to be one, writing into a buffer."""
+    import io
+
+    from rich.console import Console
+
+    import budgetplan.cli as cli
+
+    screen = io.StringIO()
+    monkeypatch.setattr(cli, "err_console", Console(file=screen, force_terminal=True, width=100))
+    args = ["--quiet"] if quiet else []
+    for command in (["analyze", "tinycnn", "--target", "cortex-m7", "--ram", "64k"],
+                    ["measure", "tinycnn", "--update", "fc"]):
+        result = invoke(*args, *command)
+        assert result.exit_code == 0, result.stdout
+    drawn = screen.getvalue()
+    if quiet:
+        assert drawn == ""
+    else:
+        assert "tracing, pricing and solving" in drawn and "one training step" in drawn
