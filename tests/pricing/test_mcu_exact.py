@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from graph_support import Stride2, layer_graph
 from torch import nn
 
-from budgetplan.model import zoo
-from budgetplan.model.graph import build_layer_graph
-from budgetplan.model.tracing import trace_model
 from budgetplan.model.update_set import UpdateSet, from_patterns, from_sparse_update_config
 from budgetplan.pricing.inference import forward_report
 from budgetplan.pricing.mcu.exact import estimate_mcu, mcu_layout
@@ -47,30 +45,10 @@ class Tiny(nn.Module):
         return self.fc(self.pool(x).flatten(1))
 
 
-class Stride2(nn.Module):
-    """1×1 conv 3→16 → ReLU → depthwise 3×3 stride 2 → ReLU → 1×1 conv 16→32, on 1×3×16×16."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.pw = nn.Conv2d(3, 16, 1)
-        self.r1 = nn.ReLU()
-        self.dw = nn.Conv2d(16, 16, 3, stride=2, padding=1, groups=16)
-        self.r2 = nn.ReLU()
-        self.out = nn.Conv2d(16, 32, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(self.r2(self.dw(self.r1(self.pw(x)))))
-
-
-def _graph(model: nn.Module, shape: tuple[int, ...]):
-    x = torch.randn(shape)
-    return build_layer_graph(trace_model(model, (x,)), (x,))
-
-
 @pytest.fixture(scope="module")
 def tiny():
     model = Tiny()
-    return model, _graph(model, (1, 3, 8, 8))
+    return model, layer_graph(model, (1, 3, 8, 8))
 
 
 PLANE = 8 * 8 * 8  # elements (= int8 bytes) of one 8-channel 8×8 activation
@@ -129,7 +107,7 @@ def test_inference_peak_inplace_depthwise_and_kernel_buffers(tiny) -> None:
 
 def test_stride2_inplace_reuses_all_but_a_quarter() -> None:
     model = Stride2()
-    graph = _graph(model, (1, 3, 16, 16))
+    graph = layer_graph(model, (1, 3, 16, 16))
     est = estimate_mcu(graph, UpdateSet.none(), M7)
     block = 16 * 16 * 16  # the pointwise output, int8
     # after the stride-2 depthwise conv its block keeps a quarter (16×8×8); the last conv's output fits beside
@@ -201,9 +179,9 @@ def test_device_tensors_add_up_to_the_timeline(tiny) -> None:
 
 
 @pytest.fixture(scope="module")
-def mbv2_tt():
-    model, entry = zoo.build("mbv2-w0.35-tt")
-    return model, _graph(model, entry.input_shape)
+def mbv2_tt(traced):
+    t = traced("mbv2-w0.35-tt")
+    return t.model, t.graph
 
 
 def test_tiny_training_forward_peak_is_the_int8_expansion_of_block_1(mbv2_tt) -> None:
@@ -243,7 +221,7 @@ class PaddedConv(nn.Module):
 
 
 def test_explicit_padding_is_done_inside_the_conv_kernel() -> None:
-    graph = _graph(PaddedConv(), (1, 4, 8, 8))
+    graph = layer_graph(PaddedConv(), (1, 4, 8, 8))
     est = estimate_mcu(graph, UpdateSet.none(), M7)
     # the image (4·8·8 = 256 B) and the conv's output (8·8·8 = 512 B); no padded 4·10·10 copy.
     # im2col: 3·3·4·2·2 = 144 B (stride 1: no kernel buffer)

@@ -8,29 +8,23 @@ from pathlib import Path
 
 import pytest
 import torch
+from graph_support import layer_graph
 from torch import nn
 
-from budgetplan.model.graph import LayerGraph, build_layer_graph
+from budgetplan.model.graph import LayerGraph
 from budgetplan.model.tiny_training import list_schemes
-from budgetplan.model.tracing import trace_model
 from budgetplan.model.update_set import UpdateSet, from_patterns, from_sparse_update_config
-from budgetplan.model.zoo import build
 from budgetplan.pricing.mcu.tt_convention import tt_convention_memory
 
 TT_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "tiny-training"
 
 
-def _graph(model: nn.Module, shape: tuple[int, ...]) -> LayerGraph:
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
-    return build_layer_graph(trace_model(model, (x,)), (x,))
-
-
 @pytest.fixture(scope="module")
-def builtins() -> dict[str, tuple[nn.Module, LayerGraph]]:
+def builtins(traced) -> dict[str, tuple[nn.Module, LayerGraph]]:
     out = {}
     for key in ("mbv2-w0.35", "mcunet-5fps", "proxyless-w0.3"):
-        model, entry = build(f"{key}-tt")
-        out[key] = (model, _graph(model, entry.input_shape))
+        t = traced(f"{key}-tt")
+        out[key] = (t.model, t.graph)
     return out
 
 
@@ -58,7 +52,7 @@ def test_the_module_built_from_the_pkl_gives_the_same_figure(builtins: dict) -> 
     from budgetplan.model.tiny_training import load_module
 
     module, shape = load_module(TT_DIR / "mbv2-w0.35.pkl")
-    graph = _graph(module, shape)
+    graph = layer_graph(module, shape)
     model, builtin_graph = builtins["mbv2-w0.35"]
     for scheme in ("tt:mbv2/49kb", "tt:mbv2/138kb"):
         from_file = tt_convention_memory(graph, from_sparse_update_config(scheme, module))
@@ -91,7 +85,7 @@ class _Net(nn.Module):
 @pytest.fixture(scope="module")
 def net() -> tuple[nn.Module, LayerGraph]:
     model = _Net()
-    return model, _graph(model, (2, 3, 16, 16))  # batch 2: the convention counts one sample
+    return model, layer_graph(model, (2, 3, 16, 16))  # batch 2: the convention counts one sample
 
 
 def test_classifier_only(net: tuple[nn.Module, LayerGraph]) -> None:
@@ -136,7 +130,7 @@ def test_weights_keep_their_input_channels(net: tuple[nn.Module, LayerGraph]) ->
 
 def test_grouped_conv_keeps_everything() -> None:
     model = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1, groups=2))
-    graph = _graph(model, (1, 8, 4, 4))
+    graph = layer_graph(model, (1, 8, 4, 4))
     memory = tt_convention_memory(graph, from_patterns(model, ["0.weight[0:8]"]))
     assert memory.saved_input_bits == 8 * 8 * 16 and memory.weight_bits == 8 * 16 * 4 * 9
     assert memory.layers[0].kind == "group conv"

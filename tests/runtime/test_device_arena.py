@@ -9,12 +9,8 @@ three models under their published schemes.
 from __future__ import annotations
 
 import pytest
-import torch
-from torch import nn
+from graph_support import Stride2, layer_graph
 
-from budgetplan.model import zoo
-from budgetplan.model.graph import build_layer_graph
-from budgetplan.model.tracing import trace_model
 from budgetplan.model.update_set import UpdateSet, from_sparse_update_config
 from budgetplan.pricing.mcu.exact import estimate_mcu, mcu_layout
 from budgetplan.runtime.arena import ArenaPlan, check_arena
@@ -22,26 +18,6 @@ from budgetplan.runtime.device_arena import plan_device_arena
 from budgetplan.targets import load_target
 
 M7 = load_target("cortex-m7")
-
-
-class Stride2(nn.Module):
-    """1×1 conv 3→16 → ReLU → depthwise 3×3 stride 2 → ReLU → 1×1 conv 16→32, on 1×3×16×16."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.pw = nn.Conv2d(3, 16, 1)
-        self.r1 = nn.ReLU()
-        self.dw = nn.Conv2d(16, 16, 3, stride=2, padding=1, groups=16)
-        self.r2 = nn.ReLU()
-        self.out = nn.Conv2d(16, 32, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(self.r2(self.dw(self.r1(self.pw(x)))))
-
-
-def _graph(model: nn.Module, shape: tuple[int, ...]):
-    x = torch.randn(shape)
-    return build_layer_graph(trace_model(model, (x,)), (x,))
 
 
 def _lower_bound(tensors) -> int:
@@ -54,7 +30,7 @@ def test_stride2_block_is_reused_beyond_its_quarter() -> None:
     block; after it the block keeps 16·8·8 = 1024 B and the last conv's output (32·8·8 = 2048 B) takes the
     bytes the quarter rule frees. Peak: image + block = 4864 B, + the in-place depthwise im2col 2·18·18 =
     648 B; no placement needs more."""
-    graph = _graph(Stride2(), (1, 3, 16, 16))
+    graph = layer_graph(Stride2(), (1, 3, 16, 16))
     device = plan_device_arena(estimate_mcu(graph, UpdateSet.none(), M7))
     for plan in (device.first_fit, device.best_fit, device.arena):
         assert check_arena(plan) == []
@@ -71,9 +47,9 @@ def test_stride2_block_is_reused_beyond_its_quarter() -> None:
     ("mcunet-5fps-tt", "mcunet-5fps", ("49kb", "148kb")),
     ("proxyless-w0.3-tt", "proxyless-w0.3", ("49kb", "148kb")),
 ])
-def test_device_arena_realises_the_plans_peak(name: str, key: str, labels: tuple[str, ...]) -> None:
-    model, entry = zoo.build(name)
-    graph = _graph(model, entry.input_shape)
+def test_device_arena_realises_the_plans_peak(traced, name: str, key: str, labels: tuple[str, ...]) -> None:
+    t = traced(name)
+    model, graph = t.model, t.graph
     layout = mcu_layout(graph, M7)
     for label in labels:
         update = from_sparse_update_config(f"tt:{key}/{label}", model)
@@ -93,9 +69,9 @@ def test_device_arena_realises_the_plans_peak(name: str, key: str, labels: tuple
                     assert device.tensors[t.alias_of].last < t.first
 
 
-def test_arena_json_reads_back_and_names_each_tensor() -> None:
-    model, entry = zoo.build("mcunet-5fps-tt")
-    graph = _graph(model, entry.input_shape)
+def test_arena_json_reads_back_and_names_each_tensor(traced) -> None:
+    t = traced("mcunet-5fps-tt")
+    model, graph = t.model, t.graph
     device = plan_device_arena(estimate_mcu(graph, from_sparse_update_config("tt:mcunet-5fps/49kb", model), M7))
     data = device.to_dict()
     again = ArenaPlan.from_dict(data)
