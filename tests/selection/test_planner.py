@@ -87,7 +87,7 @@ def test_ilp_equals_brute_force(small, seed: int) -> None:
 
 
 def test_plans_fit_and_ilp_beats_greedy_on_a_real_model() -> None:
-    model, _ = zoo.build("mcunet", num_classes=10)
+    model, _ = zoo.build("mcunet", num_classes=10)  # a 10-class head: traced here, not the fixture's
     x = torch.randn(1, 3, 64, 64)
     graph = build_layer_graph(trace_model(model, (x,)), (x,), group_size=4)
     for budget in (96 * 1024, 160 * 1024, 256 * 1024):
@@ -140,7 +140,7 @@ def test_host_plans_fit_when_measured_by_pytorch(optimizer: str) -> None:
 
     model, _ = zoo.build("tinycnn")
     x = torch.randn(1, 3, 32, 32)
-    traced = trace_model(model, (x,))
+    traced = trace_model(model, (x,))  # traced here: measure_step below runs the traced program
     # one group per tensor: eager PyTorch trains whole tensors, so the plan can be measured as it is
     graph = build_layer_graph(traced, (x,), group_size=1024)
     host = load_target("host")

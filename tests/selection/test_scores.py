@@ -6,19 +6,16 @@ import torch
 from torch import nn
 
 from budgetplan.model import zoo
-from budgetplan.model.graph import build_layer_graph
 from budgetplan.selection.planner import plan_update
 from budgetplan.selection.scores import grad_norm_scores
 from budgetplan.targets import load_target
-from budgetplan.model.tracing import trace_model
 
 
-def test_grad_norm_scores_match_autograd_and_drive_the_plan() -> None:
-    model, entry = zoo.build("tinycnn")
+def test_grad_norm_scores_match_autograd_and_drive_the_plan(traced) -> None:
+    t = traced("tinycnn", group_size=4)
+    model, graph = t.model, t.graph
     torch.manual_seed(0)
     batches = [(torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))) for _ in range(2)]
-    x = torch.randn(entry.input_shape)
-    graph = build_layer_graph(trace_model(model, (x,)), (x,), group_size=4)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     scores = grad_norm_scores(model, batches, graph)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # caller's model untouched
