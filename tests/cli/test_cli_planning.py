@@ -19,7 +19,6 @@ import json
 import math
 import re
 import subprocess
-import sys
 import tomllib
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -34,19 +33,23 @@ from torch.utils.flop_counter import FlopCounterMode
 from budgetplan.model import zoo
 from budgetplan.cli import app
 from cli_support import (
+    BIASNET_MODULE,
+    DOCS,
+    ROOT,
+    assert_cli_error,
     assert_trimmed,
     cli_argv,
     doc_example,
     doc_section,
     documented_fields,
-    assert_cli_error,
+    enter_models_dir,
     invoke,
+    run_doc_examples,
+    write_models_module,
 )
 from cli_support import run as _run
 from budgetplan.selection.solver import available_solvers
 
-ROOT = Path(__file__).resolve().parents[2]
-DOCS = ROOT / "docs"
 M7 = tomllib.loads((ROOT / "targets" / "stm32f746.toml").read_text())  # --target cortex-m7
 M7_MACS_PER_SECOND = M7["clock_hz"] * M7["macs_per_cycle"]
 
@@ -57,27 +60,7 @@ STATUSES = {"optimal", "feasible", "infeasible", "no-solution", "unbounded", "er
 MCUNET = ("mcunet", "--input-shape", "1x3x64x64")
 
 MOD = "cli_planning_models"  # written into a temporary directory (a unique name in sys.modules)
-MODULE_SOURCE = '''\
-import torch
-from torch import nn
-
-
-class BiasNet(nn.Module):
-    """Two convs with their own biases (no BatchNorm), a ReLU after each, a linear head."""
-
-    input_shape = (1, 3, 16, 16)
-
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
-        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
-        self.fc = nn.Linear(16, 4)
-
-    def forward(self, x):
-        x = torch.relu(self.conv1(x))
-        x = torch.relu(self.conv2(x))
-        return self.fc(x.mean(dim=(2, 3)))
-
+MODULE_SOURCE = BIASNET_MODULE + '''
 
 class NormMLP(nn.Module):
     """Linear, LayerNorm, ReLU, Linear: the LayerNorm's affine parameters are decided whole."""
@@ -95,7 +78,6 @@ class NormMLP(nn.Module):
 '''
 
 
-
 # --------------------------------------------------------------------------------------------------
 # Helpers and fixtures
 # --------------------------------------------------------------------------------------------------
@@ -104,14 +86,6 @@ class NormMLP(nn.Module):
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """The installed console script in a subprocess."""
     return _run(*args, cwd=cwd, script=True)
-
-
-
-
-
-
-
-
 
 
 def run_json(command: str, *args: str, code: int = 0) -> dict[str, Any]:
@@ -171,22 +145,13 @@ def tinycnn() -> nn.Module:
 
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    work = tmp_path_factory.mktemp("cli_planning")
-    (work / f"{MOD}.py").write_text(MODULE_SOURCE)
-    spec = importlib.util.spec_from_file_location(MOD, work / f"{MOD}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[MOD] = module
-    spec.loader.exec_module(module)
-    return work
+    return write_models_module(tmp_path_factory.mktemp("cli_planning"), MOD, MODULE_SOURCE)
 
 
 @pytest.fixture
 def in_models(models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     """Run from the directory of the hand-written models, importable as ``cli_planning_models``."""
-    monkeypatch.chdir(models_dir)
-    monkeypatch.syspath_prepend(str(models_dir))
-    return sys.modules[MOD]
+    return enter_models_dir(models_dir, MOD, monkeypatch)
 
 
 @pytest.fixture(scope="module")
@@ -708,16 +673,6 @@ def test_subprocess_check_exit_code_and_junit(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-
-
-
-
-
-
-
-
-
-
 def test_json_output_doc_analyze_matches_the_tool() -> None:
     doc = (DOCS / "json-output.md").read_text()
     section = doc_section(doc, "## `analyze --json`")
@@ -759,40 +714,12 @@ def test_json_output_doc_check_matches_the_tool(tinycnn_plan: tuple[Path, dict],
     assert documented_fields(doc_section(section, "### `checks[]`")) == set(actual["checks"][0])
 
 
-def _command_lines(section: str) -> tuple[dict[str, str], list[str]]:
-    files: dict[str, str] = {}
-    commands: list[str] = []
-    for block in re.findall(r"```sh\n(.*?)```", section, re.DOTALL):
-        for name, body in re.findall(r"^cat > (\S+) <<'EOF'\n(.*?)^EOF$", block, re.DOTALL | re.MULTILINE):
-            files[name] = body
-        commands += [line for line in block.splitlines() if line.startswith("budgetplan ")]
-    return files, commands
-
-
 @pytest.mark.parametrize("command", ["analyze", "check"])
 def test_cli_doc_examples_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str) -> None:
     """Every example of the command's section runs as written, in order, in an empty directory: exit 0;
     exit 1 where the line's comment says ``exit 1``; the one-line error where it says ``error: ...``."""
-    doc = (DOCS / "cli.md").read_text()
-    files, lines = _command_lines(doc_section(doc, f"## `budgetplan {command}"))
-    assert len(lines) >= 4
     monkeypatch.chdir(tmp_path)
-    for name, body in files.items():
-        (tmp_path / name).write_text(body)
-    for line in lines:
-        text, _, comment = line.partition("  # ")
-        text = text.split(" | ", 1)[0].strip()
-        result = invoke(*cli_argv(text))
-        comment = comment.strip()
-        if comment.startswith("error:"):
-            expected = comment.removeprefix("error: ").split("...", 1)[0].strip()
-            assert_cli_error(result, expected)
-            continue
-        expected_code = 1 if comment.startswith("exit 1") else 0
-        assert result.exit_code == expected_code, (line, result.exit_code, result.stderr)
-        assert "Traceback" not in result.stdout + result.stderr
-        if "--json -" in text:
-            json.loads(result.stdout)
+    run_doc_examples(command, at_least=4)
 
 
 def test_cli_doc_lists_every_analyze_and_check_option() -> None:

@@ -13,11 +13,9 @@ section keeps docs/cli.md and docs/json-output.md true for the two commands.
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import math
 import re
-import sys
 import tomllib
 from collections.abc import Iterable
 from pathlib import Path
@@ -32,19 +30,23 @@ from torch.utils.flop_counter import FlopCounterMode
 from budgetplan.model import zoo
 from budgetplan.cli import app
 from cli_support import (
+    BIASNET_MODULE,
+    DOCS,
+    ROOT,
+    assert_cli_error,
     assert_trimmed,
     cli_argv,
     doc_example,
     doc_section,
     documented_fields,
-    assert_cli_error,
+    enter_models_dir,
     invoke,
     run,
+    run_doc_examples,
+    write_models_module,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
 TARGETS_DIR = ROOT / "targets"
-DOCS = ROOT / "docs"
 
 MEMORY_KINDS = ("activations", "weights", "gradients", "optimizer", "other")
 FLOP_KINDS = {"forward", "backward", "backward_to_activations", "backward_to_parameters"}
@@ -54,27 +56,7 @@ QUANTITIES = [
 ]
 
 MOD = "cli_training_models"  # written into a temporary directory (a unique name in sys.modules)
-MODULE_SOURCE = '''\
-import torch
-from torch import nn
-
-
-class BiasNet(nn.Module):
-    """Two convs with their own biases (no BatchNorm), a ReLU after each, a linear head."""
-
-    input_shape = (1, 3, 16, 16)
-
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
-        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
-        self.fc = nn.Linear(16, 4)
-
-    def forward(self, x):
-        x = torch.relu(self.conv1(x))
-        x = torch.relu(self.conv2(x))
-        return self.fc(x.mean(dim=(2, 3)))
-
+MODULE_SOURCE = BIASNET_MODULE + '''
 
 class Unused(nn.Module):
     """A module with a parameter the forward pass never uses (a spare head)."""
@@ -105,18 +87,9 @@ class Twice(nn.Module):
 '''
 
 
-
 # --------------------------------------------------------------------------------------------------
 # Helpers and fixtures
 # --------------------------------------------------------------------------------------------------
-
-
-
-
-
-
-
-
 
 
 def run_json(command: str, *args: str) -> dict[str, Any]:
@@ -237,22 +210,13 @@ def tinycnn() -> tuple[nn.Module, tuple[int, ...]]:
 
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    work = tmp_path_factory.mktemp("cli_training")
-    (work / f"{MOD}.py").write_text(MODULE_SOURCE)
-    spec = importlib.util.spec_from_file_location(MOD, work / f"{MOD}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[MOD] = module
-    spec.loader.exec_module(module)
-    return work
+    return write_models_module(tmp_path_factory.mktemp("cli_training"), MOD, MODULE_SOURCE)
 
 
 @pytest.fixture
 def in_models(models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     """Run from the directory of the hand-written models, importable as ``cli_training_models``."""
-    monkeypatch.chdir(models_dir)
-    monkeypatch.syspath_prepend(str(models_dir))
-    return sys.modules[MOD]
+    return enter_models_dir(models_dir, MOD, monkeypatch)
 
 
 def check_timeline(data: dict[str, Any]) -> None:
@@ -722,16 +686,6 @@ def test_subprocess_measure_table() -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-
-
-
-
-
-
-
-
-
-
 def test_json_output_doc_estimate_matches_the_tool() -> None:
     doc = (DOCS / "json-output.md").read_text()
     section = doc_section(doc, "## `estimate --json`")
@@ -776,38 +730,12 @@ def test_json_output_doc_measure_matches_the_tool() -> None:
         actual["measured_eager"]["saved_tensors"][0])
 
 
-def _command_lines(section: str) -> tuple[dict[str, str], list[str]]:
-    """Files written by ``cat > NAME <<'EOF'`` and the ``budgetplan ...`` lines of the sh blocks."""
-    files: dict[str, str] = {}
-    commands: list[str] = []
-    for block in re.findall(r"```sh\n(.*?)```", section, re.DOTALL):
-        for name, body in re.findall(r"^cat > (\S+) <<'EOF'\n(.*?)^EOF$", block, re.DOTALL | re.MULTILINE):
-            files[name] = body
-        commands += [line for line in block.splitlines() if line.startswith("budgetplan ")]
-    return files, commands
-
-
 @pytest.mark.parametrize("command", ["estimate", "measure"])
 def test_cli_doc_examples_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str) -> None:
     """Every example of the command's section runs as written: success, or — when the line documents an
     error in a comment — that one-line error."""
-    doc = (DOCS / "cli.md").read_text()
-    files, lines = _command_lines(doc_section(doc, f"## `budgetplan {command}"))
-    assert len(lines) >= 3
     monkeypatch.chdir(tmp_path)
-    for name, body in files.items():
-        (tmp_path / name).write_text(body)
-    for line in lines:
-        text, _, comment = line.partition("  # ")
-        text = text.split(" | ", 1)[0].strip()  # the part before a pipe is the budgetplan command
-        result = invoke(*cli_argv(text))
-        if comment.startswith("error:"):
-            expected = comment.removeprefix("error: ").split("...", 1)[0].strip()
-            assert_cli_error(result, expected)
-        else:
-            assert result.exit_code == 0, (line, result.stderr)
-            if "--json -" in text:
-                json.loads(result.stdout)
+    run_doc_examples(command, at_least=3)
 
 
 def test_cli_doc_synopsis_lists_every_long_option() -> None:
