@@ -1,6 +1,7 @@
 """What the multi-process jobs and their tests share: a small model, deterministic data and its global
 batches, the budget, a free port on 127.0.0.1, and a runner that kills a job's whole process group on a
-timeout. Imported by path (the job scripts run as ``python tests/integrations/<job>.py``)."""
+timeout. Imported by path (the job scripts run as ``python tests/integrations/<job>.py``); the one-process
+re-selection tests (tests/runtime/test_reselect.py) train the same model on the same data."""
 
 from __future__ import annotations
 
@@ -114,3 +115,25 @@ def replay(updates: list, epochs: int, lrs: list[float] | None = None) -> dict[s
             nn.functional.cross_entropy(compiled(x[index]), y[index]).backward()
             optimizer.step()
     return {k: v.clone() for k, v in compiled.state_dict().items()}
+
+
+def check_untrained_rows(run: dict, updates: list) -> int:
+    """Rows (along dim 0) of a floating-point parameter that none of ``updates`` (the ``update`` lists of
+    a rank's saved run) trains are bit-identical in the run's final state and its initial parameters.
+    Returns how many parameters have such rows."""
+    from budgetplan.model.update_set import UpdateSet
+
+    sets = [UpdateSet.from_json({"update": u}) for u in updates]
+    checked = 0
+    for name, initial in run["initial"].items():
+        if not initial.is_floating_point() or initial.dim() == 0:
+            continue
+        ever: set[int] = set()
+        for update in sets:
+            chans = update.channels(name)
+            ever |= set(range(initial.shape[0])) if chans is None else set(chans)
+        never = [i for i in range(initial.shape[0]) if i not in ever]
+        if never:
+            checked += 1
+            assert torch.equal(run["state"][name][never], initial[never]), name
+    return checked

@@ -4,6 +4,9 @@ fit is never installed, bad input is a clear error; the Planner's reuse and warm
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -16,36 +19,16 @@ from budgetplan.runtime.reselect import EpochLog, ReselectionError, Reselector
 from budgetplan.selection.planner import planner_for
 from budgetplan.model.update_set import UpdateSet
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integrations"))
+from job_common import data, make_model  # noqa: E402 - the small model of the multi-process jobs
+
 EPOCHS = 4
 
 
-class Net(nn.Module):
-    """Wide layers on small maps: on both targets the budgets below train channel subsets."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.c1 = nn.Conv2d(3, 16, 3, padding=1, bias=False)
-        self.bn = nn.BatchNorm2d(16)
-        self.c2 = nn.Conv2d(16, 32, 3, padding=1, stride=2)
-        self.c3 = nn.Conv2d(32, 64, 1)
-        self.fc = nn.Linear(64, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.relu(self.bn(self.c1(x)))
-        x = torch.relu(self.c2(x))
-        x = torch.relu(self.c3(x))
-        return self.fc(x.mean((2, 3)))
-
-
 def _data() -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(1)
-    x = torch.randn(64, 3, 8, 8, generator=gen)
-    return x, (x[:, 0].mean((1, 2)) > 0).long() + 2 * (x[:, 1].mean((1, 2)) > 0).long()
-
-
-def _model() -> Net:
-    torch.manual_seed(0)
-    return Net()
+    """The multi-process jobs' training inputs and labels (their validation inputs are not used here)."""
+    x, y, _ = data()
+    return x, y
 
 
 # budget = inference peak + this share of (full fine-tuning − inference): partial layers on both targets
@@ -56,7 +39,7 @@ SHARE = {"cortex-m7": 0.35, "host": 0.4}
 def planner(request) -> Planner:
     target = request.param
     x, _ = _data()
-    model = _model()
+    model = make_model()
     probe = planner_for(model, x[:1], target=target, ram=1 << 30)
     full = probe.price(UpdateSet.full(model)).peak_bytes
     none = probe.price(UpdateSet.none()).peak_bytes
@@ -80,7 +63,7 @@ def _snapshot(model: CompiledModule) -> dict[str, torch.Tensor]:
 def _run(planner: Planner, **options) -> tuple[Reselector, CompiledModule, list[UpdateSet]]:
     x, y = _data()
     sel = Reselector(planner, (x[:10], y[:10]), **options)
-    model = sel.compile(_model())
+    model = sel.compile(make_model())
     plans = [model.update]
     for _ in range(EPOCHS):
         _train_epoch(model, x, y)
@@ -92,7 +75,7 @@ def _run(planner: Planner, **options) -> tuple[Reselector, CompiledModule, list[
 def test_every_epoch_fits_frozen_rows_untouched_and_plans_change(planner: Planner) -> None:
     x, y = _data()
     sel = Reselector(planner, (x[:10], y[:10]), scores="velocity", strategy="ilp")
-    model = sel.compile(_model())
+    model = sel.compile(make_model())
     assert isinstance(model, CompiledModule)
     changed = 0
     subsets = 0
@@ -162,7 +145,7 @@ def test_deterministic_with_a_seed(planner: Planner) -> None:
 def test_a_plan_that_does_not_fit_is_never_installed(planner: Planner, monkeypatch) -> None:
     x, y = _data()
     sel = Reselector(planner, (x[:10], y[:10]), scores=lambda model: {"fc.weight": 1.0})
-    model = sel.compile(_model())
+    model = sel.compile(make_model())
     strict = Reselector(planner, (x[:10], y[:10]), scores=lambda model: {"fc.weight": 1.0}, on_overflow="raise")
     before = model.update
     real_plan = planner.plan
@@ -188,7 +171,7 @@ def test_bad_input(planner: Planner) -> None:
     with pytest.raises(InputError, match="score source"):
         Reselector(planner, x[:10], scores="velocityy")
     sel = Reselector(planner, x[:10], scores=lambda model: {"nope.weight": [1.0, 2.0]})
-    model = sel.compile(_model())
+    model = sel.compile(make_model())
     with pytest.raises(InputError, match="unknown parameter 'nope.weight'"):
         sel.step(model)
 
@@ -225,11 +208,11 @@ def test_from_a_plan_result(planner: Planner) -> None:
     import budgetplan
 
     x, y = _data()
-    plan = budgetplan.plan(_model(), x[:1].clone(), target=planner.target, ram=planner.budget_bytes)
+    plan = budgetplan.plan(make_model(), x[:1].clone(), target=planner.target, ram=planner.budget_bytes)
     assert plan.planner is not None and plan.planner.budget_bytes == planner.budget_bytes
     sel = Reselector(plan, (x[:10], y[:10]), strategy="greedy")
     assert sel.planner is plan.planner and sel.plan.update == plan.update  # the plan is the initial one
-    model = sel.compile(_model())
+    model = sel.compile(make_model())
     assert model.update == plan.update
     for _ in range(3):
         _train_epoch(model, x, y)
@@ -244,7 +227,7 @@ def test_initial_sparse_update_config(planner: Planner) -> None:
     from budgetplan.model.update_set import from_sparse_update_config
 
     x, _ = _data()
-    model = _model()
+    model = make_model()
     config = {"n_bias_update": 2, "manual_weight_idx": [2], "weight_update_ratio": [0.25]}
     expected = from_sparse_update_config(config, model)
     assert expected.channels("c3.weight") == tuple(range(16))
@@ -264,7 +247,7 @@ def test_gap_and_time_limit_for_the_re_solves_only(planner: Planner) -> None:
     before = planner.gap, planner.time_limit
     sel = Reselector(planner, x[:10], scores=lambda model: {"c3.weight": [float(i % 7) for i in range(64)]},
                      gap=0.5, time_limit=30.0)
-    model = sel.compile(_model())
+    model = sel.compile(make_model())
     _train_epoch(model, x, y)
     sel.step(model)
     assert sel.log[-1].solver_status in ("optimal", "feasible") and sel.log[-1].fits
@@ -287,7 +270,7 @@ def test_top_level_names_resolve_lazily() -> None:
 def test_a_score_callable_gets_your_model_with_its_own_names(planner: Planner) -> None:
     """The callable as docs/reselection.md writes it: parameter names as in model.named_parameters()."""
     x, y = _data()
-    model = _model()
+    model = make_model()
     names = [n for n, _ in model.named_parameters()]
     seen: list[nn.Module] = []
 
@@ -317,13 +300,13 @@ def test_a_score_callable_gets_your_model_with_its_own_names(planner: Planner) -
 def test_state_dict_resumes_the_same_plans(planner: Planner, tmp_path) -> None:
     x, y = _data()
     sel = Reselector(planner, x[:10], scores="velocity")
-    model = sel.compile(_model())
+    model = sel.compile(make_model())
     for _ in range(3):
         _train_epoch(model, x, y)
         model = sel.step(model)
     torch.save({"sel": sel.state_dict(), "model": model.state_dict()}, tmp_path / "ckpt.pt")
     saved = torch.load(tmp_path / "ckpt.pt", weights_only=True)  # plain data: no pickle needed
-    fresh = _model()
+    fresh = make_model()
     fresh.load_state_dict(saved["model"])
     again = Reselector(planner, x[:10], scores="velocity")
     resumed = again.compile(fresh)
@@ -339,10 +322,10 @@ def test_state_dict_resumes_the_same_plans(planner: Planner, tmp_path) -> None:
         assert again.log[-1].objective == sel.log[-1].objective and again.log[-1].source == "velocity"
     state_a, state_b = model.state_dict(), resumed.state_dict()
     assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
-    other = Reselector(planner_for(_model(), x[:1], target=planner.target, ram=planner.budget_bytes + 4096),
+    other = Reselector(planner_for(make_model(), x[:1], target=planner.target, ram=planner.budget_bytes + 4096),
                        x[:10])
     with pytest.raises(InputError, match="another model or budget"):
-        other.load_state_dict(saved["sel"], other.compile(_model()))
+        other.load_state_dict(saved["sel"], other.compile(make_model()))
 
 
 @pytest.fixture
@@ -363,14 +346,14 @@ def test_the_distributed_path_on_one_rank(one_process_group) -> None:
     """distributed=True on a group of one: the plan goes through the broadcast (encoded, decoded,
     re-priced) and the velocities through the all-reduce; the decisions are those of the local path."""
     x, y = _data()
-    model = _model()
+    model = make_model()
     probe = planner_for(model, x[:1], target="host", ram=1 << 30)
     full, none = probe.price(UpdateSet.full(model)).peak_bytes, probe.price(UpdateSet.none()).peak_bytes
     planner = planner_for(model, x[:1], target="host", ram=int(none + SHARE["host"] * (full - none)))
     runs = []
     for distributed in (True, False):
         sel = Reselector(planner, x[:10], distributed=distributed, time_limit=20.0)
-        model = sel.compile(_model())
+        model = sel.compile(make_model())
         for _ in range(3):
             _train_epoch(model, x, y)
             model = sel.step(model)
@@ -398,7 +381,7 @@ def test_a_solve_longer_than_the_timeout_allows_is_refused() -> None:
     import torch.distributed as dist
 
     x, _ = _data()
-    planner = planner_for(_model(), x[:1], target="host", ram=1 << 20)
+    planner = planner_for(make_model(), x[:1], target="host", ram=1 << 20)
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1,
                             timeout=datetime.timedelta(seconds=30))
     try:
