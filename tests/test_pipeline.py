@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import torch
+from saved_oracle import saved_storage_bytes
 from torch.utils.flop_counter import FlopCounterMode
 
 from budgetplan.emit.plan_file import dumps_plan
@@ -34,19 +35,9 @@ def test_estimate_saves_what_autograd_saves() -> None:
     x = torch.randn(entry.input_shape)
     for name, p in model.named_parameters():
         p.requires_grad_(name.startswith("fc.") or name.endswith(".bias"))
-    excluded = {t.untyped_storage()._cdata for t in [*model.parameters(), *model.buffers(), x]}
-    saved: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        s = t.untyped_storage()
-        if s._cdata not in excluded:
-            saved.setdefault(s._cdata, s.nbytes())
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = model(x).sum()
-    loss.backward()
-    assert step.memory.activations == sum(saved.values())
+    saved, out = saved_storage_bytes(model, x)
+    out.sum().backward()  # sum saves no tensor
+    assert step.memory.activations == saved
     assert step.memory.gradients == sum(p.grad.numel() * 4 for p in model.parameters() if p.grad is not None)
 
 

@@ -3,7 +3,7 @@
 ``analyze_backward`` decides without running autograd which tensors require grad, which calls run
 backward, what they save and their backward FLOPs. Each of those is compared here with one real
 backward of the same model: the storages ``saved_tensors_hooks`` sees (parameters, buffers and the input
-excluded), the parameters that receive a ``.grad`` and its size, and ``FlopCounterMode``'s backward
+excluded; tests/saved_oracle.py), the parameters that receive a ``.grad`` and its size, and ``FlopCounterMode``'s backward
 FLOPs (tests/flop_oracle.py). Update sets: everything, biases only, one middle weight, the classifier,
 and nothing.
 """
@@ -11,8 +11,8 @@ and nothing.
 from __future__ import annotations
 
 import pytest
-import torch
 from flop_oracle import backward_flops
+from saved_oracle import saved_storage_bytes
 from torch import nn
 
 from budgetplan.model.update_set import UpdateSet, from_patterns
@@ -38,29 +38,13 @@ def _prepare(model: nn.Module, update: UpdateSet) -> nn.Module:
     return model
 
 
-def _saved_storages(model: nn.Module, x: torch.Tensor) -> tuple[int, torch.Tensor]:
-    """Bytes of the distinct storages autograd saves (parameters, buffers and the input excluded)."""
-    excluded = {t.untyped_storage()._cdata for t in [*model.parameters(), *model.buffers(), x]}
-    seen: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        s = t.untyped_storage()
-        if s._cdata not in excluded:
-            seen.setdefault(s._cdata, s.nbytes())
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = model(x)
-    return sum(seen.values()), out
-
-
 @pytest.mark.parametrize("name, shape", MODELS, ids=[m for m, _ in MODELS])
 def test_saved_bytes_grads_and_flops_match_autograd(traced, name: str, shape) -> None:
     t = traced(name, shape)
     for label, update in _update_sets(t.model).items():
         analysis = analyze_backward(t.graph, update)
         model = _prepare(traced(name, shape).model, update)
-        saved, out = _saved_storages(model, t.x)
+        saved, out = saved_storage_bytes(model, t.x)
         assert analysis.saved_activation_bytes() == saved, f"{name}/{label}: saved bytes"
         if not update.is_empty:
             out.sum().backward()
