@@ -3,9 +3,9 @@
 ``analyze_backward`` decides without running autograd which tensors require grad, which calls run
 backward, what they save and their backward FLOPs. Each of those is compared here with one real
 backward of the same model: the storages ``saved_tensors_hooks`` sees (parameters, buffers and the input
-excluded; tests/saved_oracle.py), the parameters that receive a ``.grad`` and its size, and ``FlopCounterMode``'s backward
-FLOPs (tests/flop_oracle.py). Update sets: everything, biases only, one middle weight, the classifier,
-and nothing.
+excluded; tests/saved_oracle.py), the parameters that receive a ``.grad`` and its size, and
+``FlopCounterMode``'s backward FLOPs (tests/flop_oracle.py). Update sets: everything, biases only, one
+middle weight, the classifier, and nothing.
 """
 
 from __future__ import annotations
