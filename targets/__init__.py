@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from budgetplan.errors import InputError, TargetError
-from budgetplan.units import parse_bytes
+from budgetplan.units import MAX_BYTES, format_bytes, parse_bytes
 
 __all__ = [
     "DTYPE_BYTES",
@@ -91,6 +91,21 @@ _FAMILY_DTYPES: Final[dict[str, dict[str, str]]] = {
 }
 
 _DEFAULT_INPUT_RESOLUTION: Final[int] = 128
+
+# Bounds of the numeric fields: wider than any real device, narrow enough that every derived number
+# (usable bytes, MAC/s, a latency) is a finite float and a byte count far inside a 64-bit integer.
+# Sizes share --ram's limit, budgetplan.units.MAX_BYTES (256 TiB).
+#: clock_hz: 1 kHz (slower than any core that runs a network) to 100 GHz (no processor comes near it).
+_CLOCK_HZ_RANGE: Final[tuple[float, float]] = (1e3, 1e11)
+#: macs_per_cycle: one MAC per million cycles to a billion per cycle (the largest accelerators, a GPU
+#: or a wafer-scale chip over all their cores, reach about 10**8 at most).
+_MACS_PER_CYCLE_RANGE: Final[tuple[float, float]] = (1e-6, 1e9)
+_RATE_RANGES: Final[dict[str, tuple[tuple[float, float], str]]] = {
+    "clock_hz": (_CLOCK_HZ_RANGE, "Hz (1 kHz to 100 GHz)"),
+    "macs_per_cycle": (_MACS_PER_CYCLE_RANGE, "MACs per cycle"),
+}
+#: default_input_resolution: at most 65536 pixels a side (no camera sensor comes near it).
+_MAX_INPUT_RESOLUTION: Final[int] = 65536
 _NAME_RE: Final[re.Pattern[str]] = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 _NAME_RULE: Final[str] = "letters, digits, '.', '_', '+', '-', starting with a letter or digit"
 
@@ -207,6 +222,20 @@ _REQUIRED: Final[tuple[str, ...]] = (
 )
 
 
+def _shown(value: object) -> str:
+    """A value for a message; an integer too long to print usefully by its size, so the line stays short."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**21:
+        if value.bit_length() <= 1000:
+            return f"{float(value):.4g}"
+        article = "a negative" if value < 0 else "an"
+        return f"{article} integer of about {round(value.bit_length() * math.log10(2))} digits"
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _did_you_mean(word: str, choices: tuple[str, ...]) -> str:
     """`` (did you mean 'x'?)`` for the closest choice, or an empty string."""
     near = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
@@ -235,24 +264,35 @@ def _check_semantics(v: Mapping[str, Any]) -> None:
             raise _FieldProblem(
                 f"{kind}_dtype", f"unknown dtype '{dtype}'{hint}; expected one of {', '.join(DTYPE_BYTES)}"
             )
-    for key in ("clock_hz", "macs_per_cycle"):
-        number: float = v[key]
-        if not math.isfinite(number) or number <= 0:
-            raise _FieldProblem(key, f"must be a positive number, got {number}")
+    for key, ((low, high), unit) in _RATE_RANGES.items():
+        number: object = v[key]
+        # written so that nan (every comparison false) and an int too large for a float are refused too
+        if not _is_number(number) or not low <= number <= high:  # type: ignore[operator]
+            raise _FieldProblem(
+                key, f"must be a finite positive number from {low:g} to {high:g} {unit}, got {_shown(number)}"
+            )
     for key in _SIZE_FIELDS:
-        size: int | None = v[key]
+        size: object = v[key]
         if size is None and key == "flash_bytes":
             continue
-        assert size is not None
+        if not isinstance(size, int) or isinstance(size, bool):
+            raise _FieldProblem(key, f"must be an integer number of bytes, got {_shown(size)}")
         if key == "reserved_bytes":
             if size < 0:
-                raise _FieldProblem(key, f"must be zero or a positive number of bytes, got {size}")
+                raise _FieldProblem(key, f"must be zero or a positive number of bytes, got {_shown(size)}")
         elif size <= 0:
-            raise _FieldProblem(key, f"must be a positive number of bytes, got {size}")
-    resolution: int = v["default_input_resolution"]
-    if resolution <= 0:
+            raise _FieldProblem(key, f"must be a positive number of bytes, got {_shown(size)}")
+        if size > MAX_BYTES:
+            raise _FieldProblem(
+                key, f"must be at most {MAX_BYTES:,} bytes ({format_bytes(MAX_BYTES)}, the limit of --ram: "
+                     f"no device has more), got {_shown(size)}"
+            )
+    resolution: object = v["default_input_resolution"]
+    if (not isinstance(resolution, int) or isinstance(resolution, bool)
+            or not 0 < resolution <= _MAX_INPUT_RESOLUTION):
         raise _FieldProblem(
-            "default_input_resolution", f"must be a positive number of pixels, got {resolution}"
+            "default_input_resolution",
+            f"must be a positive number of pixels, at most {_MAX_INPUT_RESOLUTION}, got {_shown(resolution)}",
         )
     sram: int = v["sram_bytes"]
     block: int = v["largest_block_bytes"]
@@ -294,13 +334,15 @@ def _expect_str(key: str, value: object) -> str:
 
 def _expect_number(key: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _FieldProblem(key, f"must be a number, got {_type_name(value)} {value!r}")
+        raise _FieldProblem(key, f"must be a number, got {_type_name(value)} {_shown(value)}")
+    if isinstance(value, int) and value.bit_length() > 1000:
+        return value  # type: ignore[return-value]  # too large for a float: refused by its bounds
     return float(value)
 
 
 def _expect_int(key: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise _FieldProblem(key, f"must be an integer, got {_type_name(value)} {value!r}")
+        raise _FieldProblem(key, f"must be an integer, got {_type_name(value)} {_shown(value)}")
     return value
 
 
@@ -312,7 +354,7 @@ def _expect_size(key: str, value: object) -> int:
             f"got {_type_name(value)} {value!r}",
         )
     if isinstance(value, int):
-        return value  # sign checked with the other invariants
+        return value  # sign and size checked with the other invariants
     try:
         return parse_bytes(value)
     except InputError as exc:
@@ -406,6 +448,11 @@ def _load_text(text: str, origin: str, path: Path | None) -> Target:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise TargetError(f"invalid target file '{origin}': TOML syntax error: {exc}") from None
+    except ValueError as exc:  # Python's limit on the digits of an integer literal (4300)
+        reason = str(exc).split(";", 1)[0]
+        raise TargetError(
+            f"invalid target file '{origin}': a number is too long to read ({reason})"
+        ) from None
     try:
         return _build(raw, path)
     except _FieldProblem as problem:
@@ -529,7 +576,14 @@ def resolve_target(target: str | os.PathLike[str] | Target) -> Target:
 
 
 def resolve_budget(target: Target, ram: str | int | None) -> int:
-    """The byte budget: ``ram`` (``"256k"``, ``262144``) when given, else the target's usable RAM."""
+    """The byte budget: ``ram`` (``"256k"``, ``262144``) when given, else the target's usable RAM.
+
+    A number is held to the rules of a size string (:func:`~budgetplan.units.parse_bytes`): ``0``, ``-5``,
+    ``True``, ``nan`` and anything above 256 TiB are refused (``InputError``), not used as a budget.
+    """
     if ram is None:
         return target.usable_bytes
-    return parse_bytes(str(ram)) if not isinstance(ram, int) else ram
+    if isinstance(ram, int) and not isinstance(ram, bool) and not 0 < ram <= MAX_BYTES:
+        raise InputError(f"invalid budget {_shown(ram)}: a budget must be a positive number of bytes, "
+                         f"at most {MAX_BYTES:,} ({format_bytes(MAX_BYTES)}, the limit of --ram)")
+    return parse_bytes(str(ram))
