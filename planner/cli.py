@@ -219,8 +219,8 @@ def _version_callback(value: bool) -> None:
 def _root(
     version: Annotated[bool, typer.Option("--version", callback=_version_callback, is_eager=True,
                                           help="Print the version and exit.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Errors only on stderr: no progress "
-                                        "spinners, no log lines.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress spinners and no log lines "
+                                        "on stderr (errors and 'wrote PATH' remain).")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="The library's debug log lines on "
                                           "stderr.")] = False,
 ) -> None:
@@ -650,8 +650,16 @@ def _update_arg(update: list[str] | None, outputs: _Outputs) -> list[str] | None
     from budgetplan.model.update_set import looks_like_file
 
     for value in update:
-        if looks_like_file(value):
-            outputs.input("--update", value)
+        text = value.strip()
+        if text.lower().startswith("tt:"):
+            continue  # a scheme shipped with budgetplan, not a file
+        if text.lower().startswith("config:"):
+            text = text[len("config:"):]
+            if text.lower().startswith("tt:"):
+                continue
+            outputs.input("--update config:", text)  # a tiny-training config file is an input too
+        elif looks_like_file(text):
+            outputs.input("--update", text)
     return update
 OptimizerOpt = Annotated[str, typer.Option("--optimizer", metavar="sgd|sgd-momentum|adam",
                                            help="Optimizer whose state is priced.")]

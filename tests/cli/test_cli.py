@@ -582,3 +582,22 @@ def test_spinner_on_a_terminal_and_none_with_quiet(monkeypatch: pytest.MonkeyPat
         assert drawn == ""
     else:
         assert "tracing, pricing and solving" in drawn and "one training step" in drawn
+
+
+@pytest.mark.parametrize("spelling", ["config:{}", "  config:{}", "{}"])
+def test_an_update_config_file_may_not_be_the_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     spelling: str) -> None:
+    """``--update config:c.yaml --json c.yaml --force`` would overwrite the config just read: refused
+    like any other output naming an input, and the file is left as it was."""
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "c.yaml"
+    config.write_text("n_bias_update: 2\nmanual_weight_idx: [2]\nweight_update_ratio: [0.5]\n", encoding="utf-8")
+    before = config.read_bytes()
+    result = invoke("estimate", "tinycnn", "--target", "cortex-m7", "--update", spelling.format("c.yaml"),
+                    "--json", "c.yaml", "--force")
+    assert_cli_error(result, "is also the --update")
+    assert config.read_bytes() == before
+    # a shipped scheme is no file: naming it never blocks an output
+    ok = invoke("estimate", "mbv2-w0.35-tt", "--target", "cortex-m7", "--update", "tt:mbv2-w0.35/49kb",
+                "--json", str(tmp_path / "out.json"))
+    assert ok.exit_code == 0, ok.stdout
