@@ -459,13 +459,22 @@ def _load_text(text: str, origin: str, path: Path | None) -> Target:
         raise TargetError(f"invalid target file '{origin}': {problem.field}: {problem.message}") from None
 
 
+#: a target file is a few kB; anything larger is not one (and is not read whole)
+_MAX_TARGET_FILE_BYTES: Final[int] = 1 << 20
+
+
 def _read_file(path: Path) -> Target:
     if not path.exists():
         raise TargetError(f"target file '{path}' not found")
     if not path.is_file():
         raise TargetError(f"target file '{path}' is not a file")
     try:
-        text = path.read_bytes().decode("utf-8")
+        with path.open("rb") as handle:
+            data = handle.read(_MAX_TARGET_FILE_BYTES + 1)
+        if len(data) > _MAX_TARGET_FILE_BYTES:
+            raise TargetError(f"invalid target file '{path}': larger than {_MAX_TARGET_FILE_BYTES} bytes "
+                              "(a target file is a few kB of TOML)")
+        text = data.decode("utf-8")
     except OSError as exc:
         raise TargetError(f"cannot read target file '{path}': {exc.strerror or exc}") from None
     except UnicodeDecodeError:

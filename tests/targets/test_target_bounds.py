@@ -261,3 +261,17 @@ def test_docs_limits_table_matches_the_loader(tmp_path: Path) -> None:
         load_target(_write(tmp_path, _set(**{field: inside})))
         with pytest.raises(TargetError, match=field):
             load_target(_write(tmp_path, _set(**{field: outside})))
+
+
+def test_a_target_file_larger_than_a_mebibyte_is_one_line(tmp_path: Path) -> None:
+    """A valid TOML file padded with a comment beyond 1 MiB is refused before it is parsed."""
+    text = (Path(__file__).resolve().parents[2] / "targets" / "stm32f746.toml").read_text(encoding="utf-8")
+    big = tmp_path / "big.toml"
+    big.write_text(text + "#" + "x" * (1 << 20) + "\n", encoding="utf-8")
+    with pytest.raises(TargetError) as excinfo:
+        load_target(big)
+    message = str(excinfo.value)
+    assert "\n" not in message and "larger than 1048576 bytes" in message
+    small = tmp_path / "small.toml"
+    small.write_text(text, encoding="utf-8")
+    assert load_target(small).name == "stm32f746"
