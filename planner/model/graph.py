@@ -72,6 +72,7 @@ class AtenCall:
     input_keys: tuple[int, ...] = ()  # storage identity of each input (unique within one recording)
     output_keys: tuple[int, ...] = ()
     output_storage_bytes: tuple[int, ...] = ()  # bytes of each output's whole storage (PyTorch dtype)
+    input_views: tuple[bool, ...] = ()  # whether each input is a view (a parameter's view is not the leaf)
     overload: Any = field(default=None, compare=False, repr=False)
     args: Any = field(default=None, compare=False, repr=False)  # positional args, tensors as TensorMeta
 
@@ -204,6 +205,7 @@ class _AtenRecorder(RecordingMode):
             input_keys=tuple(storage_key(t) for t in flat_in),
             output_keys=tuple(storage_key(t) for t in flat_out),
             output_storage_bytes=tuple(t.untyped_storage().nbytes() for t in flat_out),
+            input_views=tuple(bool(t._is_view()) for t in flat_in),
             overload=func,
             args=meta_args,
         ))

@@ -40,6 +40,7 @@ def linear_cost_host(graph: LayerGraph, target: Target, *, optimizer: str = "sgd
         OPTIMIZERS,
         SEED_BYTES,
         forward_last_use,
+        is_leaf_use,
         optimizer_state_rule,
         optimizer_step_workspace,
     )
@@ -146,6 +147,7 @@ def linear_cost_host(graph: LayerGraph, target: Target, *, optimizer: str = "sgd
     grad_span: dict[tuple[int, int], list[int]] = {}
     grad_size: dict[tuple[int, int], int] = {}
     param_last_use: dict[str, int] = {}
+    leaf_uses: dict[str, list[int]] = {}  # calls that use the parameter itself (each sends one gradient)
     for cb in full.backward:
         call = calls[cb.index].call
         for i, key in enumerate(call.input_keys):
@@ -154,6 +156,8 @@ def linear_cost_host(graph: LayerGraph, target: Target, *, optimizer: str = "sgd
                 continue
             if s.kind == "parameter":
                 param_last_use[s.name] = max(param_last_use.get(s.name, -1), cb.index)
+                if is_leaf_use(call, i):
+                    leaf_uses.setdefault(s.name, []).append(cb.index)
                 continue
             version = (key, cb.input_versions[i])
             span = grad_span.setdefault(version, [cb.input_versions[i], cb.index])
@@ -200,6 +204,25 @@ def linear_cost_host(graph: LayerGraph, target: Target, *, optimizer: str = "sgd
         extra = full.grad_storage_bytes.get(name, 0) - graph.parameters[name].numel * itemsize
         if extra > 0 and name in trained_var:
             rows.at(base + first).add(trained_var[name], extra)
+    for name, uses in leaf_uses.items():
+        # a further gradient is added out of place: the new one and the sum, while that backward runs
+        # (the exact model's "gradient sum" point comes after it, with less alive: this over-covers it)
+        if len(uses) < 2 or name not in trained_var:
+            continue
+        itemsize = graph.parameters[name].itemsize
+        twice = trained_bytes(by_param.get(name, ()), 2 * itemsize)
+        extra = full.grad_storage_bytes.get(name, 0) - graph.parameters[name].numel * itemsize
+        for index in sorted(uses, reverse=True)[1:]:
+            row = upto(index)
+            if row >= n_backward:
+                continue
+            rows.at(base + row).add_expr(twice)
+            if extra > 0:
+                rows.at(base + row).add(trained_var[name], 2 * extra)
+            if row + 1 < n_backward:
+                rows.at(base + row + 1).add_expr(twice, -1.0)
+                if extra > 0:
+                    rows.at(base + row + 1).add(trained_var[name], -2 * extra)
     for row, cb in enumerate(backward):  # a backward's workspace, while it runs
         if cb.index in storages_ws:
             span(runs_var[cb.index], storages_ws[cb.index], row, row + 1)

@@ -5,8 +5,9 @@ backward in reverse order, then the optimizer step. A storage is live from the c
 its last use in the forward pass, or — when some call keeps it for backward — until the backward of
 the earliest such call has run. Gradients of activations live from the backward of their first
 consumer (in reverse order) to the backward of their producer. Parameter gradients live from their
-backward to the end (eager PyTorch keeps ``.grad`` until ``zero_grad``); optimizer state is allocated
-at the step. Each backward call also holds its transient workspace while it runs (temporaries its
+backward to the end (eager PyTorch keeps ``.grad`` until ``zero_grad``); a parameter used more than
+once gets each further gradient added out of place, so the new one and the sum are alive for a moment
+beside the gradient so far. Optimizer state is allocated at the step. Each backward call also holds its transient workspace while it runs (temporaries its
 backward formula allocates beyond the gradients it returns, :mod:`budgetplan.cost_models.workspace`),
 counted under ``other``. **Peak memory is the maximum of live bytes over this timeline**, not a sum.
 
@@ -21,7 +22,7 @@ from typing import Any
 
 from budgetplan.cost_models.workspace import backward_workspace
 from budgetplan.errors import InputError
-from budgetplan.model.graph import LayerGraph
+from budgetplan.model.graph import AtenCall, LayerGraph
 from budgetplan.model.update_set import UpdateSet
 from budgetplan.pricing.gradient_flow import BackwardAnalysis, analyze_backward
 from budgetplan.targets import Target
@@ -140,6 +141,13 @@ def optimizer_step_workspace(optimizer: str, param_bytes: dict[str, int]) -> int
     return 2 * max(param_bytes.values())
 
 
+def is_leaf_use(call: AtenCall, i: int) -> bool:
+    """Whether input ``i`` of ``call`` is a parameter itself rather than a view of it: each such use sends
+    autograd one gradient for the parameter (a view's gradient flows through the view op's backward).
+    Unknown (a recording without view flags): False, so no second gradient is assumed."""
+    return i < len(call.input_views) and not call.input_views[i]
+
+
 def estimate_host(
     graph: LayerGraph,
     update: UpdateSet,
@@ -195,6 +203,7 @@ def estimate_host(
 
     # Backward in reverse order.
     param_grads: dict[str, int] = {}
+    leaf_uses: set[str] = set()  # parameters whose gradient autograd has received from a use already
     # Gradients of activations, keyed by (storage, version): an in-place op writes a new version whose
     # gradient is a new tensor, a view shares its base's version and gradient.
     act_grads: dict[tuple[int, int], int] = {}
@@ -202,6 +211,7 @@ def estimate_host(
     grads_live = act_grads_live = 0
     for cb in reversed(ba.backward):
         call = calls[cb.index].call
+        again: list[int] = []  # gradients of parameters that already have one from a later use
         for i, flag in enumerate(cb.needs_grad):
             if not flag:
                 continue
@@ -212,18 +222,28 @@ def estimate_host(
                     param_grads[s.name] = ba.grad_storage_bytes.get(
                         s.name, ba.trained_elements.get(s.name, 0) * graph.parameters[s.name].itemsize)
                     grads_live += param_grads[s.name]
+                if is_leaf_use(call, i):  # the parameter itself (a view of it hands its gradient on)
+                    if s.name in leaf_uses:
+                        again.append(param_grads[s.name])
+                    leaf_uses.add(s.name)
             elif (key, cb.input_versions[i]) not in act_grads:
                 act_grads[(key, cb.input_versions[i])] = call.inputs[i].nbytes
                 act_grads_live += call.inputs[i].nbytes
                 heapq.heappush(by_version, (-cb.input_versions[i], key))
         workspace = backward_workspace(call.overload, call.args, call.inputs, call.outputs, cb.needs_grad,
                                        flop_counter=False)
-        point("backward", cb.layer, grads_live, act_grads_live, 0, workspace + LOSS_BYTES + SEED_BYTES)
+        fresh = sum(again)  # this backward's new gradients of parameters used more than once
+        point("backward", cb.layer, grads_live + fresh, act_grads_live, 0, workspace + LOSS_BYTES + SEED_BYTES)
         while by_version and -by_version[0][0] >= cb.index:
             version, key = heapq.heappop(by_version)  # the backward of the call that wrote it consumed it
             act_grads_live -= act_grads.pop((key, -version), 0)
         for key in release_at.get(cb.index, ()):
             act_live -= live_act.pop(key, 0)
+        if again:
+            # autograd adds a parameter's further gradient out of place, one parameter at a time: the
+            # gradient so far, the new one and their sum are alive together; then the sum replaces both
+            point("backward", f"{cb.layer} (gradient sum)", grads_live + fresh + max(again), act_grads_live, 0,
+                  LOSS_BYTES + SEED_BYTES)
     grads_total = sum(param_grads.values())
     own_bytes = {name: ba.trained_elements.get(name, 0) * graph.parameters[name].itemsize for name in param_grads}
     opt_bytes = optimizer_state_bytes(optimizer, own_bytes)
