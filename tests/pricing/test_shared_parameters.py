@@ -137,3 +137,31 @@ def test_bound_stays_above_the_estimate(name: str) -> None:
         exact = planner.price(update).peak_bytes
         bound = max(v for _, v in bound_model.evaluate(bound_model.assignment(update, graph)))
         assert bound >= exact, f"{name}: bound {bound:.0f} < exact {exact} at density {density:.2f}"
+
+
+def test_transformers_gpt2_with_its_tied_head() -> None:
+    """A small transformers GPT-2 (``lm_head`` tied to ``wte``): trained whole, its peak is the moment
+    the two gradients of ``wte.weight`` are summed, and the estimate equals the measured step."""
+    transformers = pytest.importorskip("transformers")
+
+    class Logits(nn.Module):
+        def __init__(self, model: nn.Module) -> None:
+            super().__init__()
+            self.m = model
+
+        def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+            return self.m(tokens).logits
+
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_embd=64, n_layer=2, n_head=2, n_positions=64, vocab_size=500,
+                                     bos_token_id=0, eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0,
+                                     attn_pdrop=0.0, attn_implementation="sdpa")
+    model = Logits(transformers.GPT2LMHeadModel(config)).train()
+    assert model.m.lm_head.weight is model.m.transformer.wte.weight
+    tokens = torch.randint(0, 500, (1, 32), generator=torch.Generator().manual_seed(0))
+    traced = trace_model(model, (tokens,))
+    graph = build_layer_graph(traced, (tokens,))
+    est = estimate_host(graph, UpdateSet.full(model), HOST)
+    meas = measure_step(traced.graph_module, (tokens,), UpdateSet.full(model))
+    assert est.peak_at == "backward:m.transformer.wte (gradient sum)"
+    assert meas.peak_bytes <= est.peak_bytes <= 1.01 * meas.peak_bytes
