@@ -130,7 +130,26 @@ def read_plan(path: str | Path) -> dict[str, Any]:
     """
     document = read_document(path, "plan file")
     validate_plan(document, str(path))
+    _check_target_family(document, path)
     return document
+
+
+def _check_target_family(document: dict[str, Any], path: str | Path) -> None:
+    """Refuse a plan whose target names a built-in target of another family (an edited plan): what the
+    plan was priced for, and so how it is re-priced and exported, would be ambiguous."""
+    from budgetplan.targets import builtin_target_names, load_target
+
+    target = document.get("target") or {}
+    name, family = str(target.get("name", "")), target.get("family")
+    if name.strip().lower() not in {n.lower() for n in builtin_target_names()}:
+        return  # a target file of the user's: nothing to compare with
+    try:
+        device = load_target(name.strip())
+    except InputError:
+        return
+    if device.family != family:
+        raise InputError(f"invalid plan file '{path}': its target {name!r} has family {family!r}, but that target's "
+                         f"family is {device.family!r} (the plan was edited or made for another target)")
 
 
 def check_fingerprint(document: dict[str, Any], graph: LayerGraph, path: str | Path) -> None:

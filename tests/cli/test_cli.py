@@ -601,3 +601,24 @@ def test_an_update_config_file_may_not_be_the_output(tmp_path: Path, monkeypatch
     ok = invoke("estimate", "mbv2-w0.35-tt", "--target", "cortex-m7", "--update", "tt:mbv2-w0.35/49kb",
                 "--json", str(tmp_path / "out.json"))
     assert ok.exit_code == 0, ok.stdout
+
+
+@pytest.mark.parametrize("target", [{"name": "HOST", "family": "mcu"}, {"name": "stm32f746", "family": "host"},
+                                    {"name": "cortex-m7", "family": "embedded-linux"}])
+@pytest.mark.parametrize("command", ["export", "check"])
+def test_a_plan_whose_target_family_was_edited_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           target: dict[str, str], command: str) -> None:
+    """A plan whose target names a built-in target of another family is refused by the commands that use
+    the plan's target (export raised an internal error on one, and silently built the host's float32 step
+    on another). ``estimate --update plan.json`` reads only the plan's update list and prices it on
+    ``--target``."""
+    monkeypatch.chdir(tmp_path)
+    made = invoke("analyze", "tinycnn", "--target", "cortex-m7", "--ram", "64k", "--out", "plan.json")
+    assert made.exit_code == 0, made.stdout
+    document = json.loads((tmp_path / "plan.json").read_text(encoding="utf-8"))
+    document["target"] = target
+    (tmp_path / "plan.json").write_text(json.dumps(document), encoding="utf-8")
+    args = {"export": ["export", "tinycnn", "--plan", "plan.json", "--out", "build"],
+            "check": ["check", "tinycnn", "--plan", "plan.json"]}[command]
+    assert_cli_error(invoke(*args), "the plan was edited or made for another target")
+    assert not (tmp_path / "build").exists()

@@ -651,8 +651,6 @@ def test_empty_update_spec_is_an_error() -> None:
     assert_cli_error(invoke("estimate", "tinycnn", "--update", ""), "update")
 
 
-@pytest.mark.xfail(strict=True, reason="bug: the host peak misses the second gradient (and the sum) of a "
-                                       "parameter used twice")
 def test_measure_parameter_used_twice(in_models: Any) -> None:
     rows = check_comparison(run_json("measure", f"{MOD}:Twice", "--update", "lin"))
     assert abs(rows["peak live bytes"]["error_pct_traced"]) < 5
