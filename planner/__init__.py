@@ -2,13 +2,7 @@
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
-
-try:
-    __version__ = version("budgetplan")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
-    __version__ = "0.0.0+unknown"
 
 from budgetplan import _moved
 from budgetplan.errors import BudgetplanError, InputError
@@ -25,7 +19,21 @@ _LAZY = {"compile": "budgetplan.runtime.compiled", "CompiledModule": "budgetplan
 _moved.install()  # budgetplan.planning, budgetplan.estimate_mcu, ...: the paths of 0.1, for one release
 
 
+def _version() -> str:
+    """The installed distribution's version (importlib.metadata costs ~20 ms: read on first use)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("budgetplan")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
+        return "0.0.0+unknown"
+
+
 def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        value = _version()
+        globals()["__version__"] = value  # computed once
+        return value
     if name in _LAZY:
         import importlib
 

@@ -383,6 +383,10 @@ def test_version() -> None:
     result = invoke("--version")
     assert result.exit_code == 0
     assert result.stdout.strip() == f"budgetplan {importlib.metadata.version('budgetplan')}"
+    import budgetplan  # __version__ is read on first use, the same value, and the same on a second read
+
+    assert budgetplan.__version__ == importlib.metadata.version("budgetplan") == budgetplan.__version__
+    assert "__version__" in budgetplan.__all__
 
 
 # --------------------------------------------------------------------------------------------------
