@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from cli_support import assert_cli_error, assert_one_line_error, invoke, run
+from target_support import VALID_TARGET_TOML
 
 from budgetplan.errors import InputError, TargetError
 from budgetplan.targets import Target, load_target, resolve_budget
@@ -19,27 +20,7 @@ from budgetplan.units import MAX_BYTES
 REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs" / "targets.md"
 
-BASE = """\
-name = "test-board"
-core = "cortex-m4f"
-family = "mcu"
-clock_hz = 80_000_000
-macs_per_cycle = 0.2
-sram_bytes = "320k"
-largest_block_bytes = 262144
-flash_bytes = "1M"
-reserved_bytes = "16KiB"
-default_input_resolution = 96
-
-[sources]
-clock_hz = "datasheet"
-macs_per_cycle = "estimate"
-sram_bytes = "datasheet"
-largest_block_bytes = "memory map"
-flash_bytes = "datasheet"
-reserved_bytes = "measured"
-default_input_resolution = "camera"
-"""
+BASE = VALID_TARGET_TOML
 
 #: the value lines of BASE, by field
 _LINES = {line.split(" = ", 1)[0]: line

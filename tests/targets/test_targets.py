@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from target_support import VALID_TARGET_TOML
 
 import budgetplan.targets as targets_pkg
 from budgetplan.errors import InputError, TargetError
@@ -277,28 +278,7 @@ def test_non_utf8_file(tmp_path: Path) -> None:
 # User files: valid and invalid
 # --------------------------------------------------------------------------------------------------
 
-VALID = """\
-name = "test-board"
-description = "a test board"
-core = "cortex-m4f"
-family = "mcu"
-clock_hz = 80_000_000
-macs_per_cycle = 0.2
-sram_bytes = "320k"
-largest_block_bytes = 262144
-flash_bytes = "1M"
-reserved_bytes = "16KiB"
-default_input_resolution = 96
-
-[sources]
-clock_hz = "datasheet"
-macs_per_cycle = "estimate"
-sram_bytes = "datasheet"
-largest_block_bytes = "memory map"
-flash_bytes = "datasheet"
-reserved_bytes = "measured"
-default_input_resolution = "camera"
-"""
+VALID = VALID_TARGET_TOML
 
 
 def _write(tmp_path: Path, text: str, name: str = "board.toml") -> Path:
