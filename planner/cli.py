@@ -647,19 +647,12 @@ def _update_arg(update: list[str] | None, outputs: _Outputs) -> list[str] | None
     """The ``--update`` values (each patterns or a file; several: their union); files are inputs."""
     if not update:
         return None
-    from budgetplan.model.update_set import looks_like_file
+    from budgetplan.model.update_set import update_spec_file
 
     for value in update:
-        text = value.strip()
-        if text.lower().startswith("tt:"):
-            continue  # a scheme shipped with budgetplan, not a file
-        if text.lower().startswith("config:"):
-            text = text[len("config:"):]
-            if text.lower().startswith("tt:"):
-                continue
-            outputs.input("--update config:", text)  # a tiny-training config file is an input too
-        elif looks_like_file(text):
-            outputs.input("--update", text)
+        path = update_spec_file(value)  # a plan, update or tiny-training config file, if any
+        if path is not None:
+            outputs.input("--update", path)
     return update
 OptimizerOpt = Annotated[str, typer.Option("--optimizer", metavar="sgd|sgd-momentum|adam",
                                            help="Optimizer whose state is priced.")]

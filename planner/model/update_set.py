@@ -506,6 +506,24 @@ def union(sets: Iterable[UpdateSet]) -> UpdateSet:
     return UpdateSet({name: None if name in whole else tuple(sorted(partial[name])) for name in order})
 
 
+def _config_part(text: str) -> str | None:
+    """The tiny-training config a ``tt:<model>/<label>`` or ``config:<scheme or path>`` spec names
+    (the scheme or the path), or None for any other spec."""
+    text = text.strip()
+    if text.lower().startswith("config:"):
+        return text[len("config:"):]
+    return text if text.lower().startswith("tt:") else None
+
+
+def update_spec_file(spec: str) -> str | None:
+    """The file an update spec string reads (a config file, or a plan/update file when
+    :func:`looks_like_file`), or None: patterns or a shipped ``tt:`` scheme read no file of the user's."""
+    config = _config_part(spec)
+    if config is not None:
+        return None if config.strip().lower().startswith("tt:") else config
+    return spec if looks_like_file(spec) else None
+
+
 def resolve_update_spec(model: nn.Module, spec: Any) -> UpdateSet:
     """An update set from what ``--update`` (given once or several times) or ``update=`` says.
 
@@ -525,10 +543,8 @@ def resolve_update_spec(model: nn.Module, spec: Any) -> UpdateSet:
     for item in specs:
         if isinstance(item, UpdateSet):
             sets.append(item)
-        elif isinstance(item, str) and item.strip().lower().startswith(("tt:", "config:")):
-            text = item.strip()  # tt:<model>/<label> (a shipped scheme); config:<scheme or path>
-            config = text[len("config:"):] if text.lower().startswith("config:") else text
-            sets.append(from_sparse_update_config(config, model))
+        elif isinstance(item, str) and _config_part(item) is not None:
+            sets.append(from_sparse_update_config(_config_part(item), model))
         elif isinstance(item, os.PathLike) or (isinstance(item, str) and looks_like_file(item)):
             sets.append(read_update_file(item, model))
         elif isinstance(item, str):
