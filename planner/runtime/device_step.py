@@ -302,9 +302,6 @@ def _device_arena(document: Mapping[str, Any], graph: Any, update: UpdateSet) ->
     except InputError:
         raise InputError(f"the plan's target {target.get('name')!r} is not a built-in target; the device arena "
                          "needs its data types") from None
-    if device.family != "mcu":
-        raise InputError(f"the plan says its target {target.get('name')!r} is an mcu, but that target's family is "
-                         f"{device.family!r}; the plan was edited or made for another target")
     options = PricingOptions(optimizer=str(document.get("optimizer", "sgd")),
                              reorder=bool(document.get("reorder", True)), inplace=bool(document.get("inplace", True)),
                              fuse_update=bool(document.get("fuse_update", True)))
