@@ -210,19 +210,17 @@ def linear_cost_host(graph: LayerGraph, target: Target, *, optimizer: str = "sgd
         if len(uses) < 2 or name not in trained_var:
             continue
         itemsize = graph.parameters[name].itemsize
-        twice = trained_bytes(by_param.get(name, ()), 2 * itemsize)
+        twice = trained_bytes(by_param.get(name, ()), 2 * itemsize)  # the new gradient and the sum
         extra = full.grad_storage_bytes.get(name, 0) - graph.parameters[name].numel * itemsize
+        if extra > 0:
+            twice.add(trained_var[name], 2 * extra)
         for index in sorted(uses, reverse=True)[1:]:
             row = upto(index)
             if row >= n_backward:
                 continue
             rows.at(base + row).add_expr(twice)
-            if extra > 0:
-                rows.at(base + row).add(trained_var[name], 2 * extra)
             if row + 1 < n_backward:
                 rows.at(base + row + 1).add_expr(twice, -1.0)
-                if extra > 0:
-                    rows.at(base + row + 1).add(trained_var[name], -2 * extra)
     for row, cb in enumerate(backward):  # a backward's workspace, while it runs
         if cb.index in storages_ws:
             span(runs_var[cb.index], storages_ws[cb.index], row, row + 1)

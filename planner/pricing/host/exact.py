@@ -7,9 +7,9 @@ the earliest such call has run. Gradients of activations live from the backward 
 consumer (in reverse order) to the backward of their producer. Parameter gradients live from their
 backward to the end (eager PyTorch keeps ``.grad`` until ``zero_grad``); a parameter used more than
 once gets each further gradient added out of place, so the new one and the sum are alive for a moment
-beside the gradient so far. Optimizer state is allocated at the step. Each backward call also holds its transient workspace while it runs (temporaries its
-backward formula allocates beyond the gradients it returns, :mod:`budgetplan.cost_models.workspace`),
-counted under ``other``. **Peak memory is the maximum of live bytes over this timeline**, not a sum.
+beside the gradient so far. Optimizer state is allocated at the step. Each backward call also holds its
+transient workspace while it runs (temporaries its backward formula allocates beyond the gradients it
+returns, :mod:`budgetplan.cost_models.workspace`), counted under ``other``. **Peak memory is the maximum of live bytes over this timeline**, not a sum.
 
 Units: bytes, FLOPs (2 per MAC, matmul/conv-like ops), seconds.
 """
